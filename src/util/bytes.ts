@@ -1,0 +1,40 @@
+/**
+ * Byte helpers shared by all layers: zero checks, concatenation, and text decoding of on-disk
+ * names (which are bytes, not necessarily UTF-8).
+ */
+
+/** True when every byte of `b` is zero. */
+export function isZero(b: Uint8Array): boolean {
+  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: false });
+const utf8Strict = new TextDecoder('utf-8', { fatal: true });
+const enc = new TextEncoder();
+
+/** Decodes on-disk name bytes for display; invalid UTF-8 becomes U+FFFD. */
+export function decodeName(b: Uint8Array): string {
+  return utf8.decode(b);
+}
+
+/** Decodes bytes that must be valid UTF-8, or returns undefined. */
+export function decodeUtf8Strict(b: Uint8Array): string | undefined {
+  try {
+    return utf8Strict.decode(b);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Encodes a JS string as UTF-8 bytes. */
+export function encodeUtf8(s: string): Uint8Array {
+  return enc.encode(s);
+}
+
+/** Byte-wise equality. */
+export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
