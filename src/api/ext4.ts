@@ -1,0 +1,269 @@
+/**
+ * The public facade: `Ext4.open(image | device)` mounts an image and offers a node:fs-shaped
+ * promises API over it (stat, lstat, readdir, readFile, readlink, getxattr, listxattr, open).
+ * Paths are absolute inside the image. Errors are the typed classes of util/errors.ts.
+ */
+import type { BlockDevice } from '../blockdev/block-device.js';
+import { FileDevice } from '../blockdev/file-device.js';
+import { Ext4Super, type MountOptions } from '../fs/super.js';
+import { readInode, type InodeInfo } from '../fs/inode/inode.js';
+import { iterateDir, type DirEntry } from '../fs/dir/dir.js';
+import { resolvePath, readSymlink, isFastSymlink } from '../fs/namei.js';
+import { FileMap, readMappedRange } from '../fs/inode/file-map.js';
+import { inlineBytes } from '../fs/inode/inline.js';
+import { readXattrs } from '../fs/xattr/xattr-read.js';
+import { listIndirectBlocks } from '../fs/inode/block-map.js';
+import { decodeRdev } from '../format/inode.js';
+import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
+import { PosixError } from '../util/errors.js';
+import { decodeName } from '../util/bytes.js';
+import { Stats, Dirent, fileTypeOfFt } from './stats.js';
+
+export interface OpenOptions extends MountOptions {}
+
+/** Largest file readFile() returns in one buffer (callers stream bigger ones with open()). */
+export const READFILE_MAX_BYTES = 2 ** 31 - 1;
+
+/** A summary of the superblock, like `dumpe2fs -h`. */
+export interface FsInfo {
+  label: string;
+  uuid: string;
+  blockSize: number;
+  blocksCount: number;
+  freeBlocksCount: number;
+  reservedBlocksCount: number;
+  inodesCount: number;
+  freeInodesCount: number;
+  inodeSize: number;
+  groupCount: number;
+  blocksPerGroup: number;
+  inodesPerGroup: number;
+  descSize: number;
+  features: string[];
+  state: 'clean' | 'not clean' | 'errors';
+  readOnly: boolean;
+  readOnlyReason?: string;
+  needsRecovery: boolean;
+  mkfsTime: number;
+  lastWriteTime: number;
+  hashSeed: string;
+  defaultHashVersion: number;
+  journalInode: number;
+}
+
+/** The layout of an inode's data, for `ext4ts stat` (like debugfs stat + ex). */
+export interface InodeLayout {
+  kind: 'extents' | 'blockmap' | 'inline' | 'fast-symlink' | 'none';
+  depth?: number;
+  extents: { lblk: number; len: number; pblk: number; unwritten: boolean }[];
+  /** Extent tree nodes or indirect blocks. */
+  metaBlocks: number[];
+  xattrBlock: number;
+  flags: number;
+  generation: number;
+}
+
+export class Ext4 {
+  private constructor(readonly sup: Ext4Super) {}
+
+  /** Opens and mounts an image file or a BlockDevice (read-only unless told otherwise). */
+  static async open(image: string | BlockDevice, opts: OpenOptions = {}): Promise<Ext4> {
+    const readOnly = opts.readOnly ?? true;
+    const dev = typeof image === 'string' ? await FileDevice.open(image, { readOnly }) : image;
+    try {
+      return new Ext4(await Ext4Super.mount(dev, { ...opts, readOnly }));
+    } catch (e) {
+      if (typeof image === 'string') await dev.close();
+      throw e;
+    }
+  }
+
+  /** Superblock summary. */
+  info(): FsInfo {
+    const s = this.sup;
+    const sb = s.sb;
+    const uuid = [...sb.s_uuid].map((b) => b.toString(16).padStart(2, '0')).join('');
+    const seed = [...sb.s_hash_seed].map((b) => b.toString(16).padStart(2, '0')).join('');
+    const fmt = (h: string): string => `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+    return {
+      label: s.label, uuid: fmt(uuid), blockSize: s.blockSize, blocksCount: blocksCount(sb),
+      freeBlocksCount: freeBlocksCount(sb), reservedBlocksCount: rBlocksCount(sb),
+      inodesCount: sb.s_inodes_count, freeInodesCount: sb.s_free_inodes_count, inodeSize: s.inodeSize,
+      groupCount: s.groupCount, blocksPerGroup: s.blocksPerGroup, inodesPerGroup: s.inodesPerGroup,
+      descSize: s.descSize, features: superblockFeatureNames(sb),
+      state: sb.s_state & 2 ? 'errors' : sb.s_state & 1 ? 'clean' : 'not clean',
+      readOnly: s.readOnly, ...(s.verdict.readOnlyReason ? { readOnlyReason: s.verdict.readOnlyReason } : {}),
+      needsRecovery: s.verdict.needsRecovery, mkfsTime: sbTime(sb.s_mkfs_time, sb.s_mkfs_time_hi),
+      lastWriteTime: sbTime(sb.s_wtime, sb.s_wtime_hi), hashSeed: fmt(seed),
+      defaultHashVersion: sb.s_def_hash_version, journalInode: sb.s_journal_inum,
+    };
+  }
+
+  /** stat(): follows a final symlink. */
+  async stat(path: string): Promise<Stats> {
+    return this.statsOf(await resolvePath(this.sup, path, true, 'stat'));
+  }
+
+  /** lstat(): does not follow a final symlink. */
+  async lstat(path: string): Promise<Stats> {
+    return this.statsOf(await resolvePath(this.sup, path, false, 'lstat'));
+  }
+
+  /** Stats of an inode by number (for tools that walk by inode). */
+  async statIno(ino: number): Promise<Stats> {
+    return this.statsOf(await readInode(this.sup, ino));
+  }
+
+  private statsOf(info: InodeInfo): Stats {
+    const s = this.sup;
+    let rdev = 0;
+    if (info.type === 'chr' || info.type === 'blk') {
+      const d = decodeRdev(info.iBlock);
+      rdev = d.major * 256 + d.minor; // Linux makedev for major/minor < 256/ (small devices)
+      if (d.minor > 0xff || d.major > 0xfff) rdev = ((d.minor & 0xff) | (d.major << 8) | ((d.minor & ~0xff) << 12)) >>> 0;
+    }
+    return new Stats(
+      info.ino, info.mode, info.linksCount, info.uid, info.gid, rdev, info.size, s.blockSize,
+      info.blocks512(s.features.hugeFile, s.blockSize), info.time('atime'), info.time('mtime'),
+      info.time('ctime'), info.crtime, info.type,
+    );
+  }
+
+  /** Device major/minor of a device node (lstat). */
+  async rdev(path: string): Promise<{ major: number; minor: number }> {
+    const info = await resolvePath(this.sup, path, false, 'lstat');
+    if (info.type !== 'chr' && info.type !== 'blk') throw new PosixError('EINVAL', 'rdev', path, 'not a device node');
+    return decodeRdev(info.iBlock);
+  }
+
+  /** readdir(): names (without '.' and '..'), or Dirents with `withFileTypes`. */
+  async readdir(path: string): Promise<string[]>;
+  async readdir(path: string, opts: { withFileTypes: true }): Promise<Dirent[]>;
+  async readdir(path: string, opts?: { withFileTypes?: boolean }): Promise<string[] | Dirent[]> {
+    const dirents = await this.readdirEntries(path);
+    return opts?.withFileTypes ? dirents : dirents.map((d) => d.name);
+  }
+
+  private async readdirEntries(path: string): Promise<Dirent[]> {
+    const dir = await resolvePath(this.sup, path, true, 'scandir');
+    if (dir.type !== 'dir') throw new PosixError('ENOTDIR', 'scandir', path);
+    const out: Dirent[] = [];
+    for await (const e of iterateDir(this.sup, dir)) {
+      if (isDotOrDotDot(e)) continue;
+      out.push(new Dirent(decodeName(e.name), e.name, e.ino, fileTypeOfFt(e.fileType), path));
+    }
+    return out;
+  }
+
+  /** Raw directory entries of an inode, '.' and '..' included (for tools like extraction). */
+  async *entriesOfIno(ino: number): AsyncGenerator<DirEntry> {
+    yield* iterateDir(this.sup, await readInode(this.sup, ino));
+  }
+
+  /** readFile(): the whole content of a regular file (following symlinks). */
+  async readFile(path: string): Promise<Uint8Array> {
+    const info = await resolvePath(this.sup, path, true, 'open');
+    if (info.type === 'dir') throw new PosixError('EISDIR', 'read', path);
+    if (info.size > READFILE_MAX_BYTES) throw new PosixError('EFBIG', 'read', path, `file of ${info.size} bytes is too large for one buffer; use open()`);
+    return this.readRange(info, 0, info.size);
+  }
+
+  /** Reads [pos, pos+length) of an inode's data, clipped at i_size. */
+  async readRange(info: InodeInfo, pos: number, length: number): Promise<Uint8Array> {
+    const n = Math.max(0, Math.min(length, info.size - pos));
+    if (info.hasInlineData) return inlineBytes(info).slice(pos, pos + n);
+    const out = new Uint8Array(n);
+    if (n > 0) await readMappedRange(this.sup, new FileMap(this.sup, info), pos, n, out);
+    return out;
+  }
+
+  /** readlink(): the target as a string (invalid UTF-8 replaced); see readlinkBytes. */
+  async readlink(path: string): Promise<string> {
+    return decodeName(await this.readlinkBytes(path));
+  }
+
+  async readlinkBytes(path: string): Promise<Uint8Array> {
+    const info = await resolvePath(this.sup, path, false, 'readlink');
+    if (info.type !== 'symlink') throw new PosixError('EINVAL', 'readlink', path);
+    return readSymlink(this.sup, info);
+  }
+
+  /** getxattr(): the value of one extended attribute, ENODATA if absent. */
+  async getxattr(path: string, name: string): Promise<Uint8Array> {
+    const info = await resolvePath(this.sup, path, false, 'getxattr');
+    const e = (await readXattrs(this.sup, info)).find((x) => x.name === name);
+    if (e === undefined) throw new PosixError('ENODATA', 'getxattr', path);
+    return e.value;
+  }
+
+  /** listxattr(): names of all extended attributes (the inline-data carrier excluded). */
+  async listxattr(path: string): Promise<string[]> {
+    const info = await resolvePath(this.sup, path, false, 'listxattr');
+    return (await readXattrs(this.sup, info)).map((x) => x.name).filter((n) => n !== 'system.data');
+  }
+
+  /** All xattrs of an inode with values. */
+  async xattrsOfIno(ino: number): Promise<{ name: string; value: Uint8Array }[]> {
+    const info = await readInode(this.sup, ino);
+    return (await readXattrs(this.sup, info)).filter((x) => x.name !== 'system.data');
+  }
+
+  /** Opens a file for reading. */
+  async open(path: string): Promise<FileHandle> {
+    const info = await resolvePath(this.sup, path, true, 'open');
+    return new FileHandle(this, info);
+  }
+
+  /** Loads an inode by number. */
+  async inode(ino: number): Promise<InodeInfo> {
+    return readInode(this.sup, ino);
+  }
+
+  /** The data layout of an inode (lstat semantics), for `ext4ts stat`. */
+  async layout(path: string): Promise<InodeLayout> {
+    const info = await resolvePath(this.sup, path, false, 'stat');
+    const base = { xattrBlock: info.fileAcl, flags: info.flags, generation: info.generation };
+    if (info.hasInlineData) return { kind: 'inline', extents: [], metaBlocks: [], ...base };
+    if (info.type === 'symlink' && isFastSymlink(this.sup, info)) return { kind: 'fast-symlink', extents: [], metaBlocks: [], ...base };
+    if (info.type === 'chr' || info.type === 'blk' || info.type === 'fifo' || info.type === 'sock') {
+      return { kind: 'none', extents: [], metaBlocks: [], ...base };
+    }
+    if (info.hasExtents) {
+      const list = await new FileMap(this.sup, info).extentList();
+      return { kind: 'extents', depth: list.depth, extents: list.leaves.map((l) => ({ ...l })), metaBlocks: [...list.nodeBlocks], ...base };
+    }
+    const sizeBlocks = Math.ceil(info.size / this.sup.blockSize);
+    const { data, meta } = await listIndirectBlocks(this.sup, info, sizeBlocks);
+    const extents = data.flatMap((m) => (m.kind === 'mapped' ? [{ lblk: m.lblk, len: m.len, pblk: m.pblk, unwritten: false }] : []));
+    return { kind: 'blockmap', extents, metaBlocks: meta, ...base };
+  }
+
+  /** Unmounts: releases the device (an image opened by path is closed). */
+  async close(): Promise<void> {
+    await this.sup.close();
+  }
+}
+
+function isDotOrDotDot(e: DirEntry): boolean {
+  return e.name[0] === 0x2e && (e.name.length === 1 || (e.name.length === 2 && e.name[1] === 0x2e));
+}
+
+/** A read-only open file, like node's FileHandle. */
+export class FileHandle {
+  private closed = false;
+  constructor(private readonly fs: Ext4, readonly info: InodeInfo) {}
+  /** Reads up to `length` bytes at `position` into `buffer` at `offset`. */
+  async read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number; buffer: Uint8Array }> {
+    if (this.closed) throw new PosixError('EBADF', 'read');
+    if (this.info.type === 'dir') throw new PosixError('EISDIR', 'read');
+    const data = await this.fs.readRange(this.info, position, Math.min(length, buffer.length - offset));
+    buffer.set(data, offset);
+    return { bytesRead: data.length, buffer };
+  }
+  async stat(): Promise<Stats> {
+    return this.fs.statIno(this.info.ino);
+  }
+  async close(): Promise<void> {
+    this.closed = true;
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The metadata buffer cache: the kernel's getblk/bread/brelse over filesystem blocks
+ * (fs/buffer.c). Blocks are read once and kept in a bounded LRU; `verified` records that a
+ * block's checksum and structure were checked (the kernel's buffer_verified), so hot metadata is
+ * validated once, not on every access. Reads of the same block that overlap in time share one
+ * device request. The write side (dirty tracking, sync) builds on the same entries.
+ */
+import type { BlockDevice } from '../blockdev/block-device.js';
+import { assert } from '../util/assert.js';
+import { Corrupt } from '../util/errors.js';
+
+/** A cached metadata block. `data` is shared: callers must not modify it without markDirty. */
+export interface MetaBuffer {
+  readonly blockNr: number;
+  readonly data: Uint8Array;
+  /** Set once a validator accepted the block; cleared when the block changes. */
+  verified: boolean;
+  /** The block has changes not yet written to the device. */
+  dirty: boolean;
+}
+
+export class BufferCache {
+  private readonly lru = new Map<number, MetaBuffer>();
+  private readonly inflight = new Map<number, Promise<MetaBuffer>>();
+  constructor(
+    private readonly dev: BlockDevice,
+    readonly blockSize: number,
+    /** Blocks beyond this number are outside the filesystem. */
+    private readonly blocksCount: number,
+    /** Most clean blocks kept (dirty blocks are never evicted). */
+    private readonly capacity = 8192,
+  ) {
+    assert(blockSize >= 1024 && (blockSize & (blockSize - 1)) === 0, `block size ${blockSize}`);
+  }
+
+  /** Reads block `nr` through the cache (bread). `what` names the structure for errors. */
+  async bread(nr: number, what: string): Promise<MetaBuffer> {
+    if (!Number.isSafeInteger(nr) || nr < 0 || nr >= this.blocksCount) {
+      throw new Corrupt(what, `block number ${nr} outside the filesystem (${this.blocksCount} blocks)`);
+    }
+    const hit = this.lru.get(nr);
+    if (hit !== undefined) {
+      this.lru.delete(nr);
+      this.lru.set(nr, hit);
+      return hit;
+    }
+    const pending = this.inflight.get(nr);
+    if (pending !== undefined) return pending;
+    const p = this.load(nr);
+    this.inflight.set(nr, p);
+    try {
+      return await p;
+    } finally {
+      this.inflight.delete(nr);
+    }
+  }
+
+  private async load(nr: number): Promise<MetaBuffer> {
+    const data = new Uint8Array(this.blockSize);
+    await this.dev.read(nr * this.blockSize, data);
+    const buf: MetaBuffer = { blockNr: nr, data, verified: false, dirty: false };
+    this.insert(buf);
+    return buf;
+  }
+
+  /** Returns a zeroed buffer for a block about to be overwritten entirely (getblk). */
+  getblk(nr: number): MetaBuffer {
+    assert(Number.isSafeInteger(nr) && nr >= 0 && nr < this.blocksCount, () => `getblk ${nr}`);
+    let buf = this.lru.get(nr);
+    if (buf === undefined) {
+      buf = { blockNr: nr, data: new Uint8Array(this.blockSize), verified: true, dirty: false };
+      this.insert(buf);
+    }
+    return buf;
+  }
+
+  /** Marks a buffer changed: it will be written by sync() and is never evicted before then. */
+  markDirty(buf: MetaBuffer): void {
+    buf.dirty = true;
+  }
+
+  private insert(buf: MetaBuffer): void {
+    this.lru.set(buf.blockNr, buf);
+    if (this.lru.size <= this.capacity) return;
+    for (const [k, v] of this.lru) {
+      if (this.lru.size <= this.capacity) break;
+      if (!v.dirty) this.lru.delete(k);
+    }
+  }
+
+  /** Writes every dirty buffer in block order, then flushes the device. */
+  async sync(): Promise<void> {
+    const dirty = [...this.lru.values()].filter((b) => b.dirty).sort((a, b) => a.blockNr - b.blockNr);
+    for (const b of dirty) {
+      await this.dev.write(b.blockNr * this.blockSize, b.data);
+      b.dirty = false;
+    }
+    await this.dev.flush();
+  }
+
+  /** Drops every clean buffer (tests use it to force re-reads). */
+  dropClean(): void {
+    for (const [k, v] of this.lru) if (!v.dirty) this.lru.delete(k);
+  }
+}

@@ -1,0 +1,117 @@
+/**
+ * Reading inodes from the inode tables (fs/ext4/inode.c: __ext4_get_inode_loc, ext4_iget).
+ * An inode is loaded into an `InodeInfo`: a private copy of its record (padded to the view size),
+ * its decoded fields, and its checksum seed, after the checks the kernel makes in ext4_iget.
+ */
+import type { Ext4Super } from '../super.js';
+import {
+  Inode, type InodeView, INODE_VIEW_SIZE, verifyInodeCsum, validateExtraIsize, inodeSizeBytes,
+  inodeUid, inodeGid, inodeTime, inodeFileAcl, inodeBlocks512, fileTypeOfMode, type FileType,
+  type Timespec, inodeCsumSeed, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, EXT4_INDEX_FL,
+  EXT4_GOOD_OLD_INODE_SIZE, S_IFMT,
+} from '../../format/inode.js';
+import { EXT4_ROOT_INO } from '../../format/superblock.js';
+import { Corrupt, PosixError } from '../../util/errors.js';
+import { isZero } from '../../util/bytes.js';
+
+/** An inode as loaded from disk, decoded once. */
+export class InodeInfo {
+  /** Size in bytes. */
+  readonly size: number;
+  readonly type: FileType;
+  constructor(
+    readonly ino: number,
+    /** A copy of the on-disk record (s_inode_size bytes, padded to the view size). */
+    readonly record: Uint8Array,
+    readonly view: InodeView,
+    /** Seed for this inode's metadata checksums (extent blocks, dir blocks). */
+    readonly csumSeed: number,
+    readonly inodeSize: number,
+    largeDir: boolean,
+  ) {
+    this.size = inodeSizeBytes(view, largeDir);
+    const t = fileTypeOfMode(view.i_mode);
+    if (t === undefined) {
+      throw new Corrupt('inode', `invalid file type in i_mode 0o${view.i_mode.toString(8)}`, { ino });
+    }
+    this.type = t;
+  }
+  get mode(): number { return this.view.i_mode; }
+  /** Permission and special bits without the type. */
+  get perm(): number { return this.view.i_mode & ~S_IFMT & 0xffff; }
+  get flags(): number { return this.view.i_flags; }
+  get linksCount(): number { return this.view.i_links_count; }
+  get uid(): number { return inodeUid(this.view); }
+  get gid(): number { return inodeGid(this.view); }
+  get generation(): number { return this.view.i_generation; }
+  get fileAcl(): number { return inodeFileAcl(this.view); }
+  get hasExtents(): boolean { return (this.view.i_flags & EXT4_EXTENTS_FL) !== 0; }
+  get hasInlineData(): boolean { return (this.view.i_flags & EXT4_INLINE_DATA_FL) !== 0; }
+  get isIndexedDir(): boolean { return this.type === 'dir' && (this.view.i_flags & EXT4_INDEX_FL) !== 0; }
+  /** The 60 bytes of i_block (extent root, block map, fast symlink or inline data). */
+  get iBlock(): Uint8Array { return this.view.i_block; }
+  time(which: 'atime' | 'mtime' | 'ctime'): Timespec {
+    // OK to assert non-undefined: only crtime can be missing (see inodeTime).
+    return inodeTime(this.view, which, this.inodeSize) as Timespec;
+  }
+  get crtime(): Timespec | undefined { return inodeTime(this.view, 'crtime', this.inodeSize); }
+  blocks512(hugeFile: boolean, blockSize: number): number {
+    return inodeBlocks512(this.view, hugeFile, blockSize);
+  }
+  /** Bytes of the in-inode xattr area (after 128 + i_extra_isize), empty if none. */
+  get ibodyXattrArea(): Uint8Array {
+    if (this.inodeSize <= EXT4_GOOD_OLD_INODE_SIZE) return new Uint8Array(0);
+    return this.record.subarray(EXT4_GOOD_OLD_INODE_SIZE + this.view.i_extra_isize, this.inodeSize);
+  }
+}
+
+/** Where inode `ino` lives: its block and its byte offset in that block. */
+export function inodeLocation(s: Ext4Super, ino: number): { group: number; block: number; offset: number } {
+  const index = (ino - 1) % s.inodesPerGroup;
+  const group = Math.floor((ino - 1) / s.inodesPerGroup);
+  const byteInTable = index * s.inodeSize;
+  const block = s.group(group).inodeTable + Math.floor(byteInTable / s.blockSize);
+  return { group, block, offset: byteInTable % s.blockSize };
+}
+
+/**
+ * Loads inode `ino` (ext4_iget): range check, read its record, verify extra_isize and the
+ * checksum, refuse a deleted inode (links 0 with dtime, as the kernel's "deleted inode
+ * referenced") and decode it. Throws Corrupt/BadCrc naming the inode and block.
+ */
+export async function readInode(s: Ext4Super, ino: number): Promise<InodeInfo> {
+  if (!Number.isInteger(ino) || ino < 1 || ino > s.sb.s_inodes_count) {
+    throw new Corrupt('inode number', `${ino} out of range 1..${s.sb.s_inodes_count}`);
+  }
+  if (ino !== EXT4_ROOT_INO && ino < 11 && ino !== 8) {
+    // Reserved inodes other than root and the journal are never reached by a path.
+    throw new Corrupt('inode number', `${ino} is reserved`);
+  }
+  const loc = inodeLocation(s, ino);
+  const buf = await s.cache.bread(loc.block, 'inode table');
+  const raw = buf.data.subarray(loc.offset, loc.offset + s.inodeSize);
+  const record = new Uint8Array(Math.max(s.inodeSize, INODE_VIEW_SIZE));
+  record.set(raw);
+  const view = new Inode(record, 0);
+  validateExtraIsize(view, ino, s.inodeSize);
+  if (s.features.metadataCsum && !isZero(raw)) {
+    verifyInodeCsum(view, record.subarray(0, s.inodeSize), ino, s.csumSeed, loc.block);
+  }
+  if (view.i_links_count === 0 && view.i_mode === 0) {
+    throw new Corrupt('inode', 'is free (mode 0, no links) but referenced', { ino, block: loc.block });
+  }
+  const seed = s.features.metadataCsum ? inodeCsumSeed(s.csumSeed, ino, view.i_generation) : 0;
+  const info = new InodeInfo(ino, record, view, seed, s.inodeSize, s.features.largeDir);
+  if (info.size < 0 || !Number.isSafeInteger(info.size)) {
+    throw new Corrupt('inode', `size ${info.size}`, { ino, block: loc.block });
+  }
+  if (info.hasInlineData && !s.features.inlineData) {
+    throw new Corrupt('inode', 'has inline data but the filesystem lacks the inline_data feature', { ino });
+  }
+  return info;
+}
+
+/** Throws ENOTDIR unless `info` is a directory. */
+export function requireDir(info: InodeInfo, path: string, syscall: string): void {
+  if (info.type !== 'dir') throw new PosixError('ENOTDIR', syscall, path);
+}

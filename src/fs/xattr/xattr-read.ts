@@ -1,0 +1,35 @@
+/**
+ * Reading extended attributes (fs/ext4/xattr.c: ext4_xattr_ibody_get, ext4_xattr_block_get):
+ * in-inode entries after i_extra_isize, then the shared xattr block named by i_file_acl, whose
+ * checksum is verified (ext4_xattr_block_csum_verify). Values stored in separate inodes
+ * (ea_inode) are refused by the format layer.
+ */
+import type { Ext4Super } from '../super.js';
+import type { InodeInfo } from '../inode/inode.js';
+import { parseXattrIbody, parseXattrBlock, type XattrEntry } from '../../format/xattr.js';
+import { Corrupt } from '../../util/errors.js';
+
+/** All xattrs of an inode: in-inode ones first, then the block's. */
+export async function readXattrs(s: Ext4Super, info: InodeInfo): Promise<XattrEntry[]> {
+  const out: XattrEntry[] = [];
+  const area = info.ibodyXattrArea;
+  if (area.length >= 4) out.push(...parseXattrIbody(area, { ino: info.ino }));
+  const blk = info.fileAcl;
+  if (blk !== 0) {
+    if (blk < s.firstDataBlock || blk >= s.blocksCount) {
+      throw new Corrupt('inode', `xattr block ${blk} outside the filesystem`, { ino: info.ino });
+    }
+    const buf = await s.cache.bread(blk, 'xattr block');
+    const ctx = s.features.metadataCsum ? { blockNr: blk, csumSeed: s.csumSeed, ino: info.ino } : { blockNr: blk, ino: info.ino };
+    out.push(...parseXattrBlock(buf.data, ctx));
+  }
+  return out;
+}
+
+/** The value of the in-inode `system.data` xattr (the tail of inline data), if any. */
+export function inlineDataXattr(info: InodeInfo): Uint8Array | undefined {
+  const area = info.ibodyXattrArea;
+  if (area.length < 4) return undefined;
+  for (const e of parseXattrIbody(area, { ino: info.ino })) if (e.name === 'system.data') return e.value;
+  return undefined;
+}

@@ -1,0 +1,10 @@
+/**
+ * ext4ts: the public entry point. Everything a user imports comes from here.
+ */
+export { Ext4, FileHandle, type OpenOptions, type FsInfo, type InodeLayout } from './api/ext4.js';
+export { Stats, Dirent, type Timespec, type FileType } from './api/stats.js';
+export { Corrupt, BadCrc, Incompatible, IoError, PosixError, Ext4Error, isExt4Error } from './util/errors.js';
+export { Ext4Bug } from './util/assert.js';
+export type { BlockDevice } from './blockdev/block-device.js';
+export { FileDevice } from './blockdev/file-device.js';
+export { MemDevice } from './blockdev/mem-device.js';
