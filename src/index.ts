@@ -8,3 +8,5 @@ export { Ext4Bug } from './util/assert.js';
 export type { BlockDevice } from './blockdev/block-device.js';
 export { FileDevice } from './blockdev/file-device.js';
 export { MemDevice } from './blockdev/mem-device.js';
+export { extract, badName, symlinkStaysInside, ExtractRefused, type ExtractOptions, type ExtractSummary, type ExtractWarning } from './api/extract.js';
+export { dataRuns } from './api/ext4.js';

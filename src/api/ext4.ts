@@ -267,3 +267,23 @@ export class FileHandle {
     this.closed = true;
   }
 }
+
+/** Data runs of a file: byte ranges that hold written data (holes and unwritten extents omitted). */
+export async function* dataRuns(fs: Ext4, info: InodeInfo): AsyncGenerator<{ pos: number; len: number }> {
+  if (info.size === 0) return;
+  if (info.hasInlineData) {
+    yield { pos: 0, len: info.size };
+    return;
+  }
+  const bs = fs.sup.blockSize;
+  const fmap = new FileMap(fs.sup, info);
+  const lastBlock = Math.ceil(info.size / bs);
+  for (let lblk = 0; lblk < lastBlock; ) {
+    const m = await fmap.map(lblk, Math.min(lastBlock - lblk, 1 << 20));
+    if (m.kind === 'mapped') {
+      const pos = lblk * bs;
+      yield { pos, len: Math.min(info.size, (lblk + m.len) * bs) - pos };
+    }
+    lblk += m.len;
+  }
+}

@@ -6,7 +6,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { isExt4Error, Ext4Bug } from '../index.js';
-import { registerReadCommands } from './read-commands.js';
+import { registerReadCommands, registerGet } from './read-commands.js';
 import { registerDemo } from './demo.js';
 
 const program = new Command();
@@ -18,6 +18,7 @@ program
   .exitOverride();
 
 registerReadCommands(program);
+registerGet(program);
 registerDemo(program);
 
 try {

@@ -2,7 +2,7 @@
  * Read-only subcommands: info, ls, cat, stat, get.
  */
 import type { Command } from 'commander';
-import { Ext4, type Stats } from '../index.js';
+import { Ext4, extract, type Stats, type ExtractWarning } from '../index.js';
 import { modeString, timeString, timeJson } from './format.js';
 
 async function withImage<T>(image: string, fn: (fs: Ext4) => Promise<T>): Promise<T> {
@@ -108,6 +108,31 @@ export function registerReadCommands(program: Command): void {
           const l = e.len === 1 ? `${e.lblk}` : `${e.lblk}-${e.lblk + e.len - 1}`;
           const p = e.len === 1 ? `${e.pblk}` : `${e.pblk}-${e.pblk + e.len - 1}`;
           out(`  (${l}): ${p}${e.unwritten ? ' [uninit]' : ''}`);
+        }
+      });
+    });
+}
+
+/** `ext4ts get`: registered separately because its options differ. */
+export function registerGet(program: Command): void {
+  program.command('get').description('copy a file or tree out of the image (like cp -a PATH HOSTDEST; HOSTDEST must not exist)')
+    .argument('<image>').argument('<path>', 'path inside the image').argument('<hostdest>', 'where the copy goes')
+    .option('--strict', 'fail instead of skipping suspicious entries')
+    .option('--no-owners', 'do not restore owners (default: restore when running as root)')
+    .option('--json', 'print a JSON summary')
+    .option('-q, --quiet', 'no warnings on stderr')
+    .action(async (image: string, path: string, hostdest: string, o: { strict?: boolean; owners: boolean; json?: boolean; quiet?: boolean }) => {
+      await withImage(image, async (fs) => {
+        const warn = (w: ExtractWarning): void => {
+          if (!o.quiet) process.stderr.write(`ext4ts: warning: skipped ${JSON.stringify(w.path)}: ${w.reason}\n`);
+        };
+        const sum = await extract(fs, path, hostdest, {
+          onWarning: warn, ...(o.strict ? { strict: true } : {}), ...(o.owners ? {} : { preserveOwners: false }),
+        });
+        if (o.json) out(JSON.stringify(sum));
+        else if (!o.quiet) {
+          process.stderr.write(`ext4ts: extracted ${sum.files} files, ${sum.dirs} directories, ${sum.symlinks} symlinks, ` +
+            `${sum.hardlinks} hard links, ${sum.special} special files, ${sum.bytes} bytes; ${sum.skipped.length} skipped\n`);
         }
       });
     });

@@ -1,0 +1,271 @@
+/**
+ * Copying a tree out of an image onto the host (`ext4ts get`): a security boundary, because
+ * images come from strangers (debugfs rdump wrote outside its destination, e2fsprogs#272).
+ *
+ * Rules kept here:
+ * - Every host path is HOSTDEST joined with names that were validated (no '/', no NUL, not
+ *   empty, not '.' or '..'), and every directory we descend into is one we just created with
+ *   mkdir (which fails if anything exists there), so no symlink is ever traversed.
+ * - Files are created with O_CREAT|O_EXCL|O_NOFOLLOW: nothing existing is opened or replaced.
+ * - A second entry with an already-used name in one directory is skipped (the kernel would
+ *   never create it; `x -> /etc` next to a directory `x` is the classic attack).
+ * - A directory reached twice (a cycle or a hard-linked directory) is skipped.
+ * - Symlinks are created verbatim unless their target, resolved from their place with HOSTDEST
+ *   as '/', leaves HOSTDEST; such links are skipped. Created symlinks are never followed.
+ * - Device nodes are made only when running as root; sockets are skipped (like tar).
+ * - Files are written sparse (holes stay holes); sizes past what ext4 can address are skipped.
+ * Skips produce a warning; with `strict` the first one fails the whole extraction.
+ */
+import { open, mkdir, symlink, link, chmod, lchown, lutimes, utimes, lstat } from 'node:fs/promises';
+import { constants as C } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { dirname, join, posix } from 'node:path';
+import type { Ext4 } from './ext4.js';
+import { dataRuns } from './ext4.js';
+import type { InodeInfo } from '../fs/inode/inode.js';
+import { decodeRdev } from '../format/inode.js';
+import { PosixError } from '../util/errors.js';
+import { decodeName, decodeUtf8Strict } from '../util/bytes.js';
+import { resolvePath, readSymlink } from '../fs/namei.js';
+
+const run = promisify(execFile);
+
+export interface ExtractOptions {
+  /** Fail on the first entry that would be skipped. */
+  strict?: boolean;
+  /** Restore owners (default: when running as root). */
+  preserveOwners?: boolean;
+  /** Called for each skipped entry. */
+  onWarning?: (w: ExtractWarning) => void;
+  /** Called after each entry is written (for progress). */
+  onEntry?: (path: string, bytes: number) => void;
+}
+
+export interface ExtractWarning {
+  /** Path inside the image (as text; invalid UTF-8 shown as U+FFFD). */
+  path: string;
+  reason: string;
+}
+
+export interface ExtractSummary {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  hardlinks: number;
+  special: number;
+  bytes: number;
+  skipped: ExtractWarning[];
+}
+
+/** Thrown in strict mode at the first entry that would be skipped. */
+export class ExtractRefused extends PosixError {
+  constructor(readonly warning: ExtractWarning) {
+    super('EPERM', 'extract', warning.path, `refusing to extract: ${warning.reason}`);
+  }
+}
+
+/** The largest size ext4 can address at this block size (2^32 blocks). */
+function maxFileBytes(blockSize: number): number {
+  return 2 ** 32 * blockSize;
+}
+
+/** Why a name may not become a host path component, or undefined if it is fine. */
+export function badName(name: Uint8Array): string | undefined {
+  if (name.length === 0) return 'empty name';
+  if (name.includes(0x2f)) return "name contains '/'";
+  if (name.includes(0)) return 'name contains a NUL byte';
+  if (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e))) return `entry named '${decodeName(name)}' in the wrong place`;
+  if (decodeUtf8Strict(name) === undefined) return 'name is not valid UTF-8 (cannot be represented on this host)';
+  return undefined;
+}
+
+/**
+ * True when `target`, resolved from image directory `dirInImage` component by component, never
+ * climbs above '/' (an absolute target starts at '/'). A normalised join would clamp '..' at
+ * the root and hide an escape such as '/../../etc', so the walk counts depth itself.
+ */
+export function symlinkStaysInside(dirInImage: string, target: string): boolean {
+  let depth = target.startsWith('/') ? 0 : dirInImage.split('/').filter(Boolean).length;
+  for (const part of target.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') {
+      if (--depth < 0) return false;
+    } else depth++;
+  }
+  return true;
+}
+
+class Extractor {
+  readonly summary: ExtractSummary = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0, skipped: [] };
+  private readonly linked = new Map<number, string>();
+  private readonly dirsSeen = new Set<number>();
+  private readonly dirTimes: { host: string; info: InodeInfo }[] = [];
+  private readonly asRoot = process.getuid?.() === 0;
+  private readonly owners: boolean;
+
+  constructor(private readonly fs: Ext4, private readonly opts: ExtractOptions) {
+    this.owners = opts.preserveOwners ?? this.asRoot;
+  }
+
+  skip(path: string, reason: string): void {
+    const w = { path, reason };
+    if (this.opts.strict) throw new ExtractRefused(w);
+    this.summary.skipped.push(w);
+    this.opts.onWarning?.(w);
+  }
+
+  /** Extracts inode `info` (found at image path `imgPath`) to `host`, which must not exist. */
+  async entry(info: InodeInfo, imgPath: string, host: string): Promise<void> {
+    if (info.type === 'dir') return this.dir(info, imgPath, host);
+    const multi = info.linksCount > 1;
+    const first = multi ? this.linked.get(info.ino) : undefined;
+    if (first !== undefined) {
+      await link(first, host);
+      this.summary.hardlinks++;
+      return;
+    }
+    let made: boolean;
+    switch (info.type) {
+      case 'file': made = await this.file(info, imgPath, host); break;
+      case 'symlink': made = await this.symlink(info, imgPath, host); break;
+      case 'fifo': case 'chr': case 'blk': made = await this.special(info, imgPath, host); break;
+      case 'sock': this.skip(imgPath, 'sockets are not extracted'); made = false; break;
+    }
+    if (made && multi) this.linked.set(info.ino, host);
+  }
+
+  private async dir(info: InodeInfo, imgPath: string, host: string): Promise<void> {
+    if (this.dirsSeen.has(info.ino)) return this.skip(imgPath, `directory inode ${info.ino} reached twice (cycle or hard-linked directory)`);
+    this.dirsSeen.add(info.ino);
+    await mkdir(host, { mode: 0o700 });
+    this.summary.dirs++;
+    const used = new Set<string>();
+    for await (const e of this.fs.entriesOfIno(info.ino)) {
+      const text = decodeName(e.name);
+      if (e.name.length <= 2 && e.name.every((b) => b === 0x2e)) {
+        if (e.name.length === 1 ? e.ino !== info.ino : false) this.skip(posix.join(imgPath, text), "'.' does not point at its directory");
+        continue;
+      }
+      const child = posix.join(imgPath, text);
+      const why = badName(e.name);
+      if (why !== undefined) { this.skip(child, why); continue; }
+      if (used.has(text)) { this.skip(child, 'a second entry with the same name in one directory'); continue; }
+      used.add(text);
+      let ci: InodeInfo;
+      try {
+        ci = await this.fs.inode(e.ino);
+      } catch (err) {
+        this.skip(child, `cannot read inode ${e.ino}: ${(err as Error).message}`);
+        continue;
+      }
+      await this.entry(ci, child, join(host, text));
+    }
+    this.dirTimes.push({ host, info });
+  }
+
+  private async file(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
+    if (info.size > maxFileBytes(this.fs.sup.blockSize)) {
+      this.skip(imgPath, `size ${info.size} is larger than ext4 can address`);
+      return false;
+    }
+    const fh = await open(host, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+    try {
+      for await (const run of dataRuns(this.fs, info)) {
+        for (let off = 0; off < run.len; off += 1 << 22) {
+          const n = Math.min(1 << 22, run.len - off);
+          const data = await this.fs.readRange(info, run.pos + off, n);
+          await fh.write(data, 0, data.length, run.pos + off);
+          this.summary.bytes += data.length;
+        }
+      }
+      await fh.truncate(info.size);
+    } finally {
+      await fh.close();
+    }
+    this.summary.files++;
+    await this.finish(info, host, false);
+    return true;
+  }
+
+  private async symlink(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
+    const raw = await readSymlink(this.fs.sup, info);
+    const target = decodeUtf8Strict(raw);
+    if (target === undefined || raw.includes(0)) {
+      this.skip(imgPath, 'symlink target is not valid UTF-8 or contains NUL');
+      return false;
+    }
+    if (!symlinkStaysInside(posix.dirname(imgPath), target)) {
+      this.skip(imgPath, `symlink target '${target}' points outside the extracted tree`);
+      return false;
+    }
+    await symlink(target, host);
+    this.summary.symlinks++;
+    await this.finish(info, host, true);
+    return true;
+  }
+
+  private async special(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
+    if (info.type === 'fifo') {
+      await run('mkfifo', ['-m', '600', '--', host]);
+    } else {
+      if (!this.asRoot) {
+        this.skip(imgPath, 'device nodes are created only when running as root');
+        return false;
+      }
+      const { major, minor } = decodeRdev(info.iBlock);
+      await run('mknod', ['-m', '600', '--', host, info.type === 'chr' ? 'c' : 'b', String(major), String(minor)]);
+    }
+    // mkfifo/mknod follow no links but create by name: check we made what we think we made.
+    const st = await lstat(host);
+    if (!(info.type === 'fifo' ? st.isFIFO() : info.type === 'chr' ? st.isCharacterDevice() : st.isBlockDevice())) {
+      throw new PosixError('EIO', 'extract', host, 'created node has the wrong type');
+    }
+    this.summary.special++;
+    await this.finish(info, host, false);
+    return true;
+  }
+
+  /** Owner, mode and times, in that order (chown clears setuid bits). */
+  private async finish(info: InodeInfo, host: string, isLink: boolean): Promise<void> {
+    if (this.owners) await lchown(host, info.uid, info.gid);
+    if (!isLink) await chmod(host, info.perm);
+    const a = info.time('atime');
+    const m = info.time('mtime');
+    await lutimes(host, a.sec + a.nsec / 1e9, m.sec + m.nsec / 1e9);
+  }
+
+  /**
+   * Directory owners, modes and times last, children before parents (dirTimes is filled in
+   * post-order), so writing into them kept working and a parent's mode never blocks a child.
+   */
+  async finishDirs(): Promise<void> {
+    for (const { host, info } of this.dirTimes) {
+      if (this.owners) await lchown(host, info.uid, info.gid);
+      await chmod(host, info.perm);
+      const a = info.time('atime');
+      const m = info.time('mtime');
+      await utimes(host, a.sec + a.nsec / 1e9, m.sec + m.nsec / 1e9);
+    }
+  }
+}
+
+/**
+ * Copies `path` of the image to `hostDest` like `cp -a PATH HOSTDEST`: `hostDest` must not
+ * exist and becomes the copy. See the module comment for what is refused.
+ */
+export async function extract(fs: Ext4, path: string, hostDest: string, opts: ExtractOptions = {}): Promise<ExtractSummary> {
+  try {
+    await lstat(hostDest);
+    throw new PosixError('EEXIST', 'extract', hostDest, 'destination already exists (it must not: it becomes the copy)');
+  } catch (e) {
+    if ((e as { code?: string }).code !== 'ENOENT') throw e;
+  }
+  const parent = await lstat(dirname(hostDest)).catch(() => undefined);
+  if (parent === undefined || !parent.isDirectory()) throw new PosixError('ENOENT', 'extract', dirname(hostDest), 'destination parent is not a directory');
+  const info = await resolvePath(fs.sup, path, false, 'lstat');
+  const x = new Extractor(fs, opts);
+  await x.entry(info, posix.normalize('/' + path), hostDest);
+  await x.finishDirs();
+  return x.summary;
+}
