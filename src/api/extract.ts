@@ -141,13 +141,17 @@ class Extractor {
     await mkdir(host, { mode: 0o700 });
     this.summary.dirs++;
     const used = new Set<string>();
+    let index = 0;
     for await (const e of this.fs.entriesOfIno(info.ino)) {
       const text = decodeName(e.name);
-      if (e.name.length <= 2 && e.name.every((b) => b === 0x2e)) {
-        if (e.name.length === 1 ? e.ino !== info.ino : false) this.skip(posix.join(imgPath, text), "'.' does not point at its directory");
+      const child = posix.join(imgPath, text);
+      // '.' and '..' belong in the first two slots only; they are never extracted.
+      const pos = index++;
+      if (pos === 0 && e.name.length === 1 && e.name[0] === 0x2e) {
+        if (e.ino !== info.ino) this.skip(child, "'.' does not point at its directory");
         continue;
       }
-      const child = posix.join(imgPath, text);
+      if (pos === 1 && e.name.length === 2 && e.name[0] === 0x2e && e.name[1] === 0x2e) continue;
       const why = badName(e.name);
       if (why !== undefined) { this.skip(child, why); continue; }
       if (used.has(text)) { this.skip(child, 'a second entry with the same name in one directory'); continue; }

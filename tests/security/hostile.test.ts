@@ -1,0 +1,222 @@
+/**
+ * `get` is a security boundary: images come from strangers. Each case builds a real image with
+ * mke2fs -d, then patches it the way an attacker would — directory entry names with '/', NUL,
+ * '.' or '..', duplicate names (a symlink and a directory called the same), entries pointing
+ * at an ancestor directory (a cycle), symlinks climbing out, absurd sizes — recomputing every
+ * checksum so the image is "valid". Extraction must skip these with a warning (or fail under
+ * strict) and must not create, follow or change anything outside HOSTDEST: the whole
+ * surrounding directory, including a victim directory the attack aims at, is snapshotted before
+ * and after and must be identical.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import {
+  mkdtempSync, rmSync, mkdirSync, writeFileSync, symlinkSync, readFileSync, readdirSync, lstatSync, existsSync, linkSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ext4, MemDevice, extract, ExtractRefused } from '../../src/index.js';
+import { parseDirBlock } from '../../src/format/dirent.js';
+import { setDirBlockCsum } from '../../src/format/dirent.js';
+import { Inode, setInodeCsum, setInodeSizeBytes } from '../../src/format/inode.js';
+import { inodeLocation } from '../../src/fs/inode/inode.js';
+
+const root = mkdtempSync(join(tmpdir(), 'ext4ts-hostile-'));
+process.on('exit', () => rmSync(root, { recursive: true, force: true }));
+
+/** Every path under `dir` with its type, mode, size, mtime and content hash. */
+function snapshot(dir: string, skip: string): string[] {
+  const out: string[] = [];
+  const walk = (d: string): void => {
+    for (const n of readdirSync(d).sort()) {
+      const p = join(d, n);
+      if (p === skip) continue;
+      const st = lstatSync(p);
+      const h = st.isFile() ? createHash('sha256').update(readFileSync(p)).digest('hex') : '';
+      out.push(`${p} ${st.mode} ${st.size} ${st.mtimeMs} ${st.nlink} ${h}`);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  return out;
+}
+
+/** Builds an image from a tree made by `populate`; returns its bytes. */
+function buildImage(name: string, populate: (tree: string) => void): Uint8Array {
+  const tree = join(root, `${name}-tree`);
+  mkdirSync(tree);
+  populate(tree);
+  const img = join(root, `${name}.img`);
+  execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '1024', '-d', tree, img, '4M'], { stdio: 'pipe' });
+  rmSync(tree, { recursive: true, force: true });
+  return new Uint8Array(readFileSync(img));
+}
+
+/**
+ * Patches the entry `oldName` in directory `dirPath` of the image: new name bytes (same
+ * length) and/or a new inode number, then recomputes the block's checksum.
+ */
+async function patchEntry(img: Uint8Array, dirPath: string, oldName: string, change: { name?: Uint8Array; ino?: number }): Promise<void> {
+  const fs = await Ext4.open(new MemDevice(img, true));
+  const dirSt = await fs.lstat(dirPath);
+  const dirInfo = await fs.inode(dirSt.ino);
+  const layout = await fs.layout(dirPath);
+  const bs = fs.sup.blockSize;
+  for (const ex of layout.extents) {
+    for (let b = ex.pblk; b < ex.pblk + ex.len; b++) {
+      const block = img.subarray(b * bs, (b + 1) * bs);
+      const entries = parseDirBlock(block, { blockNr: b, ino: dirSt.ino, hasFiletype: true, csumSeed: dirInfo.csumSeed });
+      const e = entries.find((x) => Buffer.from(x.nameBytes).toString() === oldName);
+      if (e === undefined) continue;
+      if (change.name) {
+        assert.equal(change.name.length, e.nameBytes.length, 'patched names keep their length');
+        block.set(change.name, e.offset + 8);
+      }
+      if (change.ino !== undefined) new DataView(block.buffer, block.byteOffset + e.offset, 4).setUint32(0, change.ino, true);
+      setDirBlockCsum(dirInfo.csumSeed, block);
+      return;
+    }
+  }
+  throw new Error(`entry ${oldName} not found in ${dirPath}`);
+}
+
+/** Sets an inode's i_size and recomputes its checksum. */
+async function patchSize(img: Uint8Array, path: string, size: number): Promise<void> {
+  const fs = await Ext4.open(new MemDevice(img, true));
+  const st = await fs.lstat(path);
+  const loc = inodeLocation(fs.sup, st.ino);
+  const isz = fs.sup.inodeSize;
+  const rec = img.subarray(loc.block * fs.sup.blockSize + loc.offset, loc.block * fs.sup.blockSize + loc.offset + isz);
+  const padded = new Uint8Array(Math.max(isz, 160));
+  padded.set(rec);
+  const v = new Inode(padded, 0);
+  setInodeSizeBytes(v, size);
+  setInodeCsum(v, padded.subarray(0, isz), st.ino, fs.sup.csumSeed);
+  rec.set(padded.subarray(0, isz));
+}
+
+/** Runs extraction of the whole image into a fresh HOSTDEST next to a victim directory. */
+async function extractChecked(img: Uint8Array, opts: { strict?: boolean } = {}) {
+  const arena = mkdtempSync(join(root, 'arena-'));
+  const victim = join(arena, 'victim');
+  mkdirSync(victim);
+  writeFileSync(join(victim, 'sentinel'), 'do not touch');
+  const dest = join(arena, 'dest');
+  const before = snapshot(arena, dest);
+  const warnings: string[] = [];
+  const fs = await Ext4.open(new MemDevice(img, true));
+  let error: unknown;
+  let summary;
+  try {
+    summary = await extract(fs, '/', dest, { onWarning: (w) => warnings.push(`${w.path}: ${w.reason}`), ...opts });
+  } catch (e) {
+    error = e;
+  }
+  assert.deepEqual(snapshot(arena, dest), before, 'nothing outside HOSTDEST changed');
+  return { dest, victim, warnings, error, summary };
+}
+
+test('get: a name containing "/" is skipped, nothing is written outside', async () => {
+  const img = buildImage('slash', (t) => { mkdirSync(join(t, 'd')); writeFileSync(join(t, 'd/aaaaaaaaaaaa'), 'evil'); });
+  await patchEntry(img, '/d', 'aaaaaaaaaaaa', { name: Buffer.from('../../victim') });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.match(r.warnings.join('\n'), /name contains '\/'/);
+  assert.deepEqual(readdirSync(r.victim), ['sentinel']);
+});
+
+test('get: names with NUL, "." and ".." in the wrong place are skipped', async () => {
+  const img = buildImage('dots', (t) => { writeFileSync(join(t, 'ab'), 'x'); writeFileSync(join(t, 'c'), 'y'); writeFileSync(join(t, 'nulnul'), 'z'); });
+  await patchEntry(img, '/', 'ab', { name: Buffer.from('..') });
+  await patchEntry(img, '/', 'c', { name: Buffer.from('.') });
+  await patchEntry(img, '/', 'nulnul', { name: Buffer.from('nu\0nul') });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  const w = r.warnings.join('\n');
+  assert.match(w, /entry named '\.\.' in the wrong place/);
+  assert.match(w, /entry named '\.' in the wrong place/);
+  assert.match(w, /NUL byte/);
+});
+
+test('get: a symlink and a directory with the same name cannot redirect writes (x -> victim, x/payload)', async () => {
+  const img = buildImage('dup', (t) => {
+    symlinkSync('../victim', join(t, 'sx'));
+    mkdirSync(join(t, 'dx'));
+    writeFileSync(join(t, 'dx/payload'), 'planted');
+  });
+  await patchEntry(img, '/', 'dx', { name: Buffer.from('sx') });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.deepEqual(readdirSync(r.victim), ['sentinel']);
+  assert.match(r.warnings.join('\n'), /second entry with the same name|points outside/);
+});
+
+test('get: absolute-target duplicate (x -> /abs/victim and directory x) writes nothing through the link', async () => {
+  const victimAbs = join(root, 'abs-victim');
+  mkdirSync(victimAbs, { recursive: true });
+  const img = buildImage('dupabs', (t) => {
+    symlinkSync(victimAbs, join(t, 'sx'));
+    mkdirSync(join(t, 'dx'));
+    writeFileSync(join(t, 'dx/payload'), 'planted');
+  });
+  await patchEntry(img, '/', 'dx', { name: Buffer.from('sx') });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.deepEqual(readdirSync(victimAbs), [], 'the absolute target was never written through');
+});
+
+test('get: symlinks climbing out of the tree are skipped; inside ones are kept', async () => {
+  const img = buildImage('escape', (t) => {
+    mkdirSync(join(t, 'a/b'), { recursive: true });
+    symlinkSync('../../../../etc/passwd', join(t, 'a/b/out'));
+    symlinkSync('/../../etc', join(t, 'a/out2'));
+    symlinkSync('../b/../../a', join(t, 'a/b/in'));
+    symlinkSync('/usr/lib/libc.so', join(t, 'abs-in'));
+  });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.match(r.warnings.join('\n'), /a\/b\/out.*points outside/);
+  assert.match(r.warnings.join('\n'), /a\/out2.*points outside/);
+  assert.ok(lstatSync(join(r.dest, 'a/b/in')).isSymbolicLink());
+  assert.ok(lstatSync(join(r.dest, 'abs-in')).isSymbolicLink());
+  assert.equal(existsSync(join(r.dest, 'a/b/out')), false);
+});
+
+test('get: a directory entry pointing at an ancestor (cycle) is skipped, extraction terminates', async () => {
+  const img = buildImage('cycle', (t) => { mkdirSync(join(t, 'd/sub'), { recursive: true }); writeFileSync(join(t, 'd/sub/f'), 'x'); mkdirSync(join(t, 'd/sub/loop')); });
+  const fs = await Ext4.open(new MemDevice(img, true));
+  const dIno = (await fs.lstat('/d')).ino;
+  await patchEntry(img, '/d/sub', 'loop', { ino: dIno });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.match(r.warnings.join('\n'), /reached twice/);
+  assert.equal(readFileSync(join(r.dest, 'd/sub/f'), 'utf8'), 'x');
+});
+
+test('get: hard links stay hard links inside HOSTDEST', async () => {
+  const img = buildImage('hard', (t) => { mkdirSync(join(t, 'a')); writeFileSync(join(t, 'a/f'), 'shared'); linkSync(join(t, 'a/f'), join(t, 'g')); });
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.equal(lstatSync(join(r.dest, 'a/f')).ino, lstatSync(join(r.dest, 'g')).ino);
+});
+
+test('get: absurd sizes are skipped; a large sparse size stays sparse', async () => {
+  const img = buildImage('size', (t) => { writeFileSync(join(t, 'huge'), 'a'); writeFileSync(join(t, 'sparse'), 'b'); });
+  await patchSize(img, '/huge', 2 ** 52);
+  await patchSize(img, '/sparse', 100 * 2 ** 30);
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.match(r.warnings.join('\n'), /huge.*larger than ext4 can address/);
+  const st = lstatSync(join(r.dest, 'sparse'));
+  assert.equal(st.size, 100 * 2 ** 30);
+  assert.ok(st.blocks < 64, `sparse copy uses ${st.blocks} blocks`);
+});
+
+test('get --strict: the first suspicious entry fails the extraction, still nothing outside', async () => {
+  const img = buildImage('strict', (t) => { writeFileSync(join(t, 'aaaa'), 'x'); });
+  await patchEntry(img, '/', 'aaaa', { name: Buffer.from('a/bc') });
+  const r = await extractChecked(img, { strict: true });
+  assert.ok(r.error instanceof ExtractRefused, String(r.error));
+});
