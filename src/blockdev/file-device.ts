@@ -2,8 +2,15 @@
  * FileDevice: a BlockDevice over an image file (node:fs FileHandle). Several requests may be in
  * flight at once (node's thread pool runs them), so completions can arrive out of order. Short
  * reads are retried until the buffer is full; a read past the end of the file is an IoError.
+ *
+ * Small reads (up to `syncReadMaxBytes`, 64 KiB by default) are served with a synchronous
+ * pread on the same descriptor: metadata and small files come from the host's page cache in a
+ * few microseconds, while a thread-pool round trip costs ~100 us (measured: extraction of 2,000
+ * small files spent over half its time idle waiting for such hops). Larger reads and every write
+ * stay asynchronous. Set syncReadMaxBytes to 0 for a device on slow storage.
  */
 import { open, type FileHandle } from 'node:fs/promises';
+import { readSync } from 'node:fs';
 import { IoError, PosixError } from '../util/errors.js';
 import { assertRange, type BlockDevice } from './block-device.js';
 
@@ -11,6 +18,8 @@ export interface FileDeviceOptions {
   readOnly?: boolean;
   /** Largest single request in bytes (default 1 MiB). */
   maxRequestBytes?: number;
+  /** Reads up to this size are synchronous (see the module comment). Default 64 KiB. */
+  syncReadMaxBytes?: number;
 }
 
 export class FileDevice implements BlockDevice {
@@ -23,6 +32,7 @@ export class FileDevice implements BlockDevice {
     public sizeBytes: number,
     readonly readOnly: boolean,
     maxRequestBytes: number,
+    private readonly syncReadMaxBytes: number,
   ) {
     this.maxRequestBytes = maxRequestBytes;
   }
@@ -41,16 +51,19 @@ export class FileDevice implements BlockDevice {
       await fh.close();
       throw new PosixError('EISDIR', 'open', path);
     }
-    return new FileDevice(fh, path, st.size, readOnly, opts.maxRequestBytes ?? 1 << 20);
+    return new FileDevice(fh, path, st.size, readOnly, opts.maxRequestBytes ?? 1 << 20, opts.syncReadMaxBytes ?? 1 << 16);
   }
 
   async read(offsetBytes: number, dst: Uint8Array): Promise<void> {
     assertRange(this, offsetBytes, dst.length);
+    const sync = dst.length <= this.syncReadMaxBytes;
     let done = 0;
     while (done < dst.length) {
       let n: number;
       try {
-        ({ bytesRead: n } = await this.fh.read(dst, done, dst.length - done, offsetBytes + done));
+        n = sync
+          ? readSync(this.fh.fd, dst, done, dst.length - done, offsetBytes + done)
+          : (await this.fh.read(dst, done, dst.length - done, offsetBytes + done)).bytesRead;
       } catch (e) {
         throw new IoError('read', String(e), offsetBytes + done, { cause: e });
       }
