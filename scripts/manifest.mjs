@@ -24,8 +24,9 @@
 import { lstatSync, readdirSync, readlinkSync, openSync, readSync, closeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { writeFileSync, readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { release } from 'node:os';
 
 function parseArgs(argv) {
@@ -43,11 +44,12 @@ function parseArgs(argv) {
     else if (a === '--meta') opts.meta = JSON.parse(val());
     else if (a === '--out') opts.out = val();
     else if (a === '--entries-only') opts.entriesOnly = true;
+    else if (a === '--patch') opts.patch = val();
     else if (a.startsWith('--')) throw new Error(`unknown option ${a}`);
     else if (opts.mount === undefined) opts.mount = a;
     else throw new Error(`unexpected argument ${a}`);
   }
-  if (opts.mount === undefined) throw new Error('usage: manifest.mjs MOUNTPOINT [--image NAME] [--mkfs CMD] [--block-size N] [--meta JSON] [--out FILE]');
+  if (opts.mount === undefined && opts.patch === undefined) throw new Error('usage: manifest.mjs MOUNTPOINT [--image NAME] [--mkfs CMD] [--block-size N] [--meta JSON] [--out FILE]');
   return opts;
 }
 
@@ -178,9 +180,24 @@ export function walkMount(mount) {
   return entries;
 }
 
-const isMain = process.argv[1] !== undefined && import.meta.url === new URL(`file://${process.argv[1]}`).href;
+/** Pretty top level, one line per entry (diff-friendly). */
+function render(doc) {
+  if (Array.isArray(doc)) return '[\n' + doc.map((e) => JSON.stringify(e)).join(',\n') + '\n]\n';
+  const { entries, ...head } = doc;
+  const lines = Object.entries(head).map(([k, v]) => `  ${JSON.stringify(k)}: ${JSON.stringify(v)}`);
+  lines.push('  "entries": [\n' + entries.map((e) => '    ' + JSON.stringify(e)).join(',\n') + '\n  ]');
+  return '{\n' + lines.join(',\n') + '\n}\n';
+}
+
+const isMain = process.argv[1] !== undefined && import.meta.url === pathToFileURL(resolve(process.argv[1])).href;
 if (isMain) {
   const opts = parseArgs(process.argv.slice(2));
+  if (opts.patch !== undefined) {
+    // --patch FILE --meta JSON: merge keys into an existing manifest's top level, keep entries.
+    const { entries, ...head } = JSON.parse(readFileSync(opts.patch, 'utf8'));
+    writeFileSync(opts.patch, render({ ...head, ...opts.meta, entries }));
+    process.exit(0);
+  }
   const entries = walkMount(opts.mount);
   const doc = opts.entriesOnly
     ? entries
@@ -193,7 +210,7 @@ if (isMain) {
         ...opts.meta,
         entries,
       };
-  const text = JSON.stringify(doc, null, 1) + '\n';
+  const text = render(doc);
   if (opts.out) writeFileSync(opts.out, text);
   else process.stdout.write(text);
 }

@@ -2,16 +2,20 @@
  * defineStruct(): one definition per on-disk structure (STYLE.md §2). A structure is a field
  * table of (offset, type) under kernel names, in the order of the kernel's
  * Documentation/filesystems/ext4/*.rst. The table becomes a view class with a getter and a
- * setter per field over a DataView at a base offset, always little-endian. The table is checked
- * when the module loads: offsets ascend, fields do not overlap, and the last one ends inside the
- * declared size. Byte offsets appear nowhere outside format/.
+ * setter per field over a DataView at a base offset, little-endian unless a field is declared
+ * big-endian (be16/be32, used only by jbd2). The table is checked when the module loads:
+ * offsets ascend, fields do not overlap, and the last one ends inside the declared size. Byte
+ * offsets appear nowhere outside format/.
  */
 import { assert } from '../util/assert.js';
 
-/** A scalar field: little-endian unsigned integer of 1, 2 or 4 bytes. */
+/**
+ * A scalar field: a little-endian unsigned integer of 1, 2, 4 or 8 bytes, or a big-endian one
+ * of 2 or 4 bytes (`be16`/`be32`, for jbd2 structures, which the journal stores big-endian).
+ */
 export interface ScalarField {
   readonly off: number;
-  readonly type: 'u8' | 'u16' | 'u32' | 'u64';
+  readonly type: 'u8' | 'u16' | 'u32' | 'u64' | 'be16' | 'be32';
 }
 /** A byte-array field (uuids, names, reserved areas): read as a live subarray view. */
 export interface BytesField {
@@ -47,7 +51,7 @@ export interface StructClass<F extends FieldTable> {
   offsetOf(field: keyof F & string): number;
 }
 
-const WIDTH = { u8: 1, u16: 2, u32: 4, u64: 8 } as const;
+const WIDTH = { u8: 1, u16: 2, u32: 4, u64: 8, be16: 2, be32: 4 } as const;
 
 function fieldLen(f: FieldDef): number {
   return f.type === 'bytes' ? f.len : WIDTH[f.type];
@@ -120,6 +124,17 @@ function accessor(f: FieldDef): PropertyDescriptor {
         get(this: Self) { return this.dv.getUint32(this.base + off, true); },
         set(this: Self, v: number) { this.dv.setUint32(this.base + off, checkUint(v, 0xffffffff), true); },
       };
+    case 'be16':
+      // jbd2 structures are big-endian: pass littleEndian = false explicitly.
+      return {
+        get(this: Self) { return this.dv.getUint16(this.base + off, false); },
+        set(this: Self, v: number) { this.dv.setUint16(this.base + off, checkUint(v, 0xffff), false); },
+      };
+    case 'be32':
+      return {
+        get(this: Self) { return this.dv.getUint32(this.base + off, false); },
+        set(this: Self, v: number) { this.dv.setUint32(this.base + off, checkUint(v, 0xffffffff), false); },
+      };
     case 'u64':
       // Read as a double: exact below 2^53. Callers that use a u64 as a block or byte count
       // validate it with Number.isSafeInteger before trusting it.
@@ -159,3 +174,6 @@ export const u16 = (off: number): ScalarField => ({ off, type: 'u16' });
 export const u32 = (off: number): ScalarField => ({ off, type: 'u32' });
 export const u64 = (off: number): ScalarField => ({ off, type: 'u64' });
 export const bytes = (off: number, len: number): BytesField => ({ off, type: 'bytes', len });
+/** Big-endian shorthands (jbd2). */
+export const be16 = (off: number): ScalarField => ({ off, type: 'be16' });
+export const be32 = (off: number): ScalarField => ({ off, type: 'be32' });
