@@ -15,7 +15,8 @@ import { readXattrs } from '../fs/xattr/xattr-read.js';
 import { listIndirectBlocks } from '../fs/inode/block-map.js';
 import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
-import { PosixError } from '../util/errors.js';
+import { loadJournalInfo, type JournalInfo } from '../fs/journal.js';
+import { Ext4Error, PosixError } from '../util/errors.js';
 import { decodeName } from '../util/bytes.js';
 import { Stats, Dirent, fileTypeOfFt } from './stats.js';
 
@@ -49,6 +50,12 @@ export interface FsInfo {
   hashSeed: string;
   defaultHashVersion: number;
   journalInode: number;
+  /**
+   * The internal journal's superblock, validated; or why it could not be read (only when opened
+   * with noRecovery, which ignores the journal as the kernel's `noload` does); `external` for a
+   * journal on another device. Absent without has_journal.
+   */
+  journal?: JournalInfo | { error: string } | { external: true };
 }
 
 /** The layout of an inode's data, for `ext4ts stat` (like debugfs stat + ex). */
@@ -64,14 +71,15 @@ export interface InodeLayout {
 }
 
 export class Ext4 {
-  private constructor(readonly sup: Ext4Super) {}
+  private constructor(readonly sup: Ext4Super, private readonly journal: FsInfo['journal']) {}
 
   /** Opens and mounts an image file or a BlockDevice (read-only unless told otherwise). */
   static async open(image: string | BlockDevice, opts: OpenOptions = {}): Promise<Ext4> {
     const readOnly = opts.readOnly ?? true;
     const dev = typeof image === 'string' ? await FileDevice.open(image, { readOnly }) : image;
     try {
-      return new Ext4(await Ext4Super.mount(dev, { ...opts, readOnly }));
+      const sup = await Ext4Super.mount(dev, { ...opts, readOnly });
+      return new Ext4(sup, await journalOf(sup, opts.noRecovery ?? false));
     } catch (e) {
       if (typeof image === 'string') await dev.close();
       throw e;
@@ -96,6 +104,7 @@ export class Ext4 {
       needsRecovery: s.verdict.needsRecovery, mkfsTime: sbTime(sb.s_mkfs_time, sb.s_mkfs_time_hi),
       lastWriteTime: sbTime(sb.s_wtime, sb.s_wtime_hi), hashSeed: fmt(seed),
       defaultHashVersion: sb.s_def_hash_version, journalInode: sb.s_journal_inum,
+      ...(this.journal !== undefined ? { journal: this.journal } : {}),
     };
   }
 
@@ -285,5 +294,20 @@ export async function* dataRuns(fs: Ext4, info: InodeInfo): AsyncGenerator<{ pos
       yield { pos, len: Math.min(info.size, (lblk + m.len) * bs) - pos };
     }
     lblk += m.len;
+  }
+}
+
+/**
+ * The journal superblock, checked as the kernel checks it at mount (a bad one refuses the
+ * mount); with noRecovery the journal is ignored like `-o noload`, so a bad one is only reported.
+ */
+async function journalOf(sup: Ext4Super, noRecovery: boolean): Promise<FsInfo['journal']> {
+  if (!sup.features.hasJournal) return undefined;
+  if (sup.sb.s_journal_inum === 0 && sup.sb.s_journal_dev !== 0) return { external: true };
+  try {
+    return await loadJournalInfo(sup);
+  } catch (e) {
+    if (!noRecovery || !(e instanceof Ext4Error)) throw e;
+    return { error: e.message };
   }
 }

@@ -5,8 +5,12 @@ import type { Command } from 'commander';
 import { Ext4, extract, type Stats, type ExtractWarning } from '../index.js';
 import { modeString, timeString, timeJson } from './format.js';
 
-async function withImage<T>(image: string, fn: (fs: Ext4) => Promise<T>): Promise<T> {
-  const fs = await Ext4.open(image, { readOnly: true });
+/** `--no-replay`: commander sets `replay: false`. */
+interface ReplayOpt { replay?: boolean }
+const NO_REPLAY_HELP = 'read a filesystem whose journal needs recovery as it is on disk, ignoring the journal (like mount -o ro,noload)';
+
+async function withImage<T>(image: string, fn: (fs: Ext4) => Promise<T>, noRecovery = false): Promise<T> {
+  const fs = await Ext4.open(image, { readOnly: true, noRecovery });
   try {
     return await fn(fs);
   } finally {
@@ -30,7 +34,8 @@ export function registerReadCommands(program: Command): void {
   program.command('info').description('print the superblock and features (like dumpe2fs -h)')
     .argument('<image>').option('--json', 'machine-readable output')
     .action(async (image: string, o: { json?: boolean }) => {
-      const info = await withImage(image, async (fs) => fs.info());
+      // info reports the journal's state, so it opens even a journal that needs recovery.
+      const info = await withImage(image, async (fs) => fs.info(), true);
       if (o.json) return out(JSON.stringify(info));
       const rows: [string, string | number][] = [
         ['Filesystem volume name', info.label || '<none>'], ['Filesystem UUID', info.uuid],
@@ -45,12 +50,24 @@ export function registerReadCommands(program: Command): void {
       ];
       for (const [k, v] of rows) out(`${(k + ':').padEnd(26)}${v}`);
       if (info.readOnlyReason) out(`${'Read-only because:'.padEnd(26)}${info.readOnlyReason}`);
+      const j = info.journal;
+      if (j !== undefined) {
+        const row = (k: string, v: string | number): void => out(`${(k + ':').padEnd(26)}${v}`);
+        if ('external' in j) row('Journal', 'on an external device (not read)');
+        else if ('error' in j) row('Journal', `unreadable, ignored (noRecovery): ${j.error}`);
+        else {
+          row('Journal size', `${j.maxlenBlocks} blocks (v${j.version}${j.csumVersion > 0 ? `, checksum v${j.csumVersion}` : ''}${j.fcBlocks > 0 ? `, ${j.fcBlocks} fast-commit blocks` : ''})`);
+          row('Journal sequence', `0x${j.sequence.toString(16).padStart(8, '0')}`);
+          row('Journal start', j.start === 0 ? '0 (log empty)' : `${j.start} (log holds transactions)`);
+          if (j.errno !== 0) row('Journal errno', j.errno);
+        }
+      }
     });
 
   program.command('ls').description('list a directory')
     .argument('<image>').argument('[path]', 'directory inside the image', '/')
-    .option('-l, --long', 'long listing').option('--json', 'machine-readable output')
-    .action(async (image: string, path: string, o: { long?: boolean; json?: boolean }) => {
+    .option('-l, --long', 'long listing').option('--json', 'machine-readable output').option('--no-replay', NO_REPLAY_HELP)
+    .action(async (image: string, path: string, o: { long?: boolean; json?: boolean } & ReplayOpt) => {
       await withImage(image, async (fs) => {
         const st = await fs.lstat(path);
         const entries = st.isDirectory() ? (await fs.readdir(path, { withFileTypes: true })).sort((a, b) => (a.name < b.name ? -1 : 1)) : [];
@@ -62,12 +79,12 @@ export function registerReadCommands(program: Command): void {
           const link = s.isSymbolicLink() ? ` -> ${await fs.readlink(e.path)}` : '';
           out(`${modeString(s)} ${String(s.nlink).padStart(3)} ${String(s.uid).padStart(5)} ${String(s.gid).padStart(5)} ${String(s.size).padStart(10)} ${timeString(s.mtimeSpec)} ${e.name}${link}`);
         }
-      });
+      }, o.replay === false);
     });
 
   program.command('cat').description('write a file\'s content to standard output')
-    .argument('<image>').argument('<path>')
-    .action(async (image: string, path: string) => {
+    .argument('<image>').argument('<path>').option('--no-replay', NO_REPLAY_HELP)
+    .action(async (image: string, path: string, o: ReplayOpt) => {
       await withImage(image, async (fs) => {
         const fh = await fs.open(path);
         const buf = new Uint8Array(1 << 20);
@@ -78,12 +95,12 @@ export function registerReadCommands(program: Command): void {
           pos += bytesRead;
         }
         await fh.close();
-      });
+      }, o.replay === false);
     });
 
   program.command('stat').description('print an inode\'s fields and extents (like debugfs stat)')
-    .argument('<image>').argument('<path>').option('--json', 'machine-readable output')
-    .action(async (image: string, path: string, o: { json?: boolean }) => {
+    .argument('<image>').argument('<path>').option('--json', 'machine-readable output').option('--no-replay', NO_REPLAY_HELP)
+    .action(async (image: string, path: string, o: { json?: boolean } & ReplayOpt) => {
       await withImage(image, async (fs) => {
         const st = await fs.lstat(path);
         const layout = await fs.layout(path);
@@ -109,7 +126,7 @@ export function registerReadCommands(program: Command): void {
           const p = e.len === 1 ? `${e.pblk}` : `${e.pblk}-${e.pblk + e.len - 1}`;
           out(`  (${l}): ${p}${e.unwritten ? ' [uninit]' : ''}`);
         }
-      });
+      }, o.replay === false);
     });
 }
 
@@ -120,8 +137,8 @@ export function registerGet(program: Command): void {
     .option('--strict', 'fail instead of skipping suspicious entries')
     .option('--no-owners', 'do not restore owners (default: restore when running as root)')
     .option('--json', 'print a JSON summary')
-    .option('-q, --quiet', 'no warnings on stderr')
-    .action(async (image: string, path: string, hostdest: string, o: { strict?: boolean; owners: boolean; json?: boolean; quiet?: boolean }) => {
+    .option('-q, --quiet', 'no warnings on stderr').option('--no-replay', NO_REPLAY_HELP)
+    .action(async (image: string, path: string, hostdest: string, o: { strict?: boolean; owners: boolean; json?: boolean; quiet?: boolean } & ReplayOpt) => {
       await withImage(image, async (fs) => {
         const warn = (w: ExtractWarning): void => {
           if (!o.quiet) process.stderr.write(`ext4ts: warning: skipped ${JSON.stringify(w.path)}: ${w.reason}\n`);
@@ -134,7 +151,7 @@ export function registerGet(program: Command): void {
           process.stderr.write(`ext4ts: extracted ${sum.files} files, ${sum.dirs} directories, ${sum.symlinks} symlinks, ` +
             `${sum.hardlinks} hard links, ${sum.special} special files, ${sum.bytes} bytes; ${sum.skipped.length} skipped\n`);
         }
-      });
+      }, o.replay === false);
     });
 }
 

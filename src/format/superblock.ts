@@ -311,7 +311,8 @@ function verdict(sb: SuperBlockView): FeatureVerdict {
 export function superblockFeatureNames(sb: SuperBlockView): string[] {
   return [
     ...featureNames(COMPAT, sb.s_feature_compat),
-    ...featureNames(INCOMPAT, sb.s_feature_incompat),
+    // The kernel's RECOVER bit is "needs_recovery" in dumpe2fs, which users compare us with.
+    ...featureNames(INCOMPAT, sb.s_feature_incompat).map((n) => (n === 'recover' ? 'needs_recovery' : n)),
     ...featureNames(RO_COMPAT, sb.s_feature_ro_compat),
   ];
 }

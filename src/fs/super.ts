@@ -111,7 +111,7 @@ export class Ext4Super {
     if (verdict.needsRecovery && !(readOnly && opts.noRecovery)) {
       throw new PosixError('EROFS', 'mount', undefined,
         'the journal needs recovery (the filesystem was not cleanly unmounted); ' +
-        'run e2fsck, or open read-only with noRecovery to read it as it is');
+        'run e2fsck, or read it as it is on disk, ignoring the journal (noRecovery; CLI: --no-replay)');
     }
     if (!readOnly && !verdict.writable) {
       throw new PosixError('EROFS', 'mount', undefined, `${verdict.readOnlyReason}; open it read-only`);

@@ -96,3 +96,19 @@ test('ext4ts: errors are one line with exit code 1; usage errors exit 2', () => 
   assert.equal(ext4ts('frobnicate').code, 2);
   assert.equal(ext4ts('cat', img).code, 2);
 });
+
+test('ext4ts demo: builds the sample image with mke2fs -d and reads every file back identical', () => {
+  const r = ext4ts('demo');
+  assert.equal(r.code, 0, r.err);
+  assert.match(r.out, /with mke2fs -d/);
+  assert.match(r.out, /Read back: all \d+ files are byte-identical to the sample tree\./);
+});
+
+test('ext4ts demo without e2fsprogs: falls back to the bundled kernel-made image and checks it against the tree', () => {
+  // A PATH holding only node: mke2fs cannot be found.
+  const r = spawnSync(process.execPath, [CLI, 'demo'], { env: { PATH: resolve(process.execPath, '..') } });
+  assert.equal(r.status, 0, r.stderr.toString());
+  const out = r.stdout.toString();
+  assert.match(out, /using the bundled kernel-made image samples\/sample\.img\.gz/);
+  assert.match(out, /Read back: all \d+ files are byte-identical to the sample tree\./);
+});
