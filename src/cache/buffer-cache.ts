@@ -17,6 +17,12 @@ export interface MetaBuffer {
   verified: boolean;
   /** The block has changes not yet written to the device. */
   dirty: boolean;
+  /**
+   * Runs once just before a dirty block is written (or when commit() asks): stamps the
+   * checksum over the final contents, so a block changed many times between syncs is summed
+   * once.
+   */
+  finalize?: ((data: Uint8Array) => void) | undefined;
 }
 
 export class BufferCache {
@@ -29,6 +35,8 @@ export class BufferCache {
     private readonly blocksCount: number,
     /** Most clean blocks kept (dirty blocks are never evicted). */
     private readonly capacity = 8192,
+    /** No buffer of a read-only cache may be dirtied. */
+    private readonly readOnly = false,
   ) {
     assert(blockSize >= 1024 && (blockSize & (blockSize - 1)) === 0, `block size ${blockSize}`);
   }
@@ -74,9 +82,42 @@ export class BufferCache {
     return buf;
   }
 
-  /** Marks a buffer changed: it will be written by sync() and is never evicted before then. */
-  markDirty(buf: MetaBuffer): void {
+  /**
+   * Marks a buffer changed (mark_buffer_dirty): it will be written by sync() and is never
+   * evicted before then. `finalize`, if given, replaces any earlier one and stamps the block's
+   * checksum at write time. The buffer must be the cached one for its block.
+   */
+  markDirty(buf: MetaBuffer, finalize?: (data: Uint8Array) => void): void {
+    assert(!this.readOnly, () => `markDirty of block ${buf.blockNr} on a read-only cache`);
+    assert(this.lru.get(buf.blockNr) === buf, () => `markDirty of block ${buf.blockNr}: not the cached buffer`);
     buf.dirty = true;
+    buf.verified = true;
+    if (finalize !== undefined) buf.finalize = finalize;
+  }
+
+  /**
+   * Drops block `nr` from the cache, discarding unwritten changes (bforget): a freed metadata
+   * block must not be written back over data that may be allocated there next.
+   */
+  forget(nr: number): void {
+    this.lru.delete(nr);
+  }
+
+  /** Number of dirty buffers (counters back to zero after sync: STYLE.md §7). */
+  get dirtyCount(): number {
+    let n = 0;
+    for (const b of this.lru.values()) if (b.dirty) n++;
+    return n;
+  }
+
+  /** Runs every pending finalizer (commit runs them before it sums the group descriptors). */
+  finalizeAll(): void {
+    for (const b of this.lru.values()) {
+      if (b.dirty && b.finalize !== undefined) {
+        b.finalize(b.data);
+        b.finalize = undefined;
+      }
+    }
   }
 
   private insert(buf: MetaBuffer): void {
@@ -88,14 +129,38 @@ export class BufferCache {
     }
   }
 
-  /** Writes every dirty buffer in block order, then flushes the device. */
+  /**
+   * Writes every dirty buffer in block order, runs of adjacent blocks as one request up to the
+   * device's limit, then flushes the device.
+   */
   async sync(): Promise<void> {
+    this.finalizeAll();
     const dirty = [...this.lru.values()].filter((b) => b.dirty).sort((a, b) => a.blockNr - b.blockNr);
-    for (const b of dirty) {
-      await this.dev.write(b.blockNr * this.blockSize, b.data);
-      b.dirty = false;
+    const maxRun = Math.max(1, Math.floor(this.dev.maxRequestBytes / this.blockSize));
+    for (let i = 0; i < dirty.length; ) {
+      let j = i + 1;
+      // OK to index: j < dirty.length is checked first.
+      while (j < dirty.length && j - i < maxRun && dirty[j]!.blockNr === dirty[j - 1]!.blockNr + 1) j++;
+      const first = dirty[i]!;
+      if (j - i === 1) {
+        await this.dev.write(first.blockNr * this.blockSize, first.data);
+      } else {
+        const run = new Uint8Array((j - i) * this.blockSize);
+        for (let k = i; k < j; k++) run.set(dirty[k]!.data, (k - i) * this.blockSize);
+        await this.dev.write(first.blockNr * this.blockSize, run);
+      }
+      for (let k = i; k < j; k++) dirty[k]!.dirty = false;
+      i = j;
     }
     await this.dev.flush();
+    if (this.lru.size > this.capacity) this.insertTrim();
+  }
+
+  private insertTrim(): void {
+    for (const [k, v] of this.lru) {
+      if (this.lru.size <= this.capacity) break;
+      if (!v.dirty) this.lru.delete(k);
+    }
   }
 
   /** Drops every clean buffer (tests use it to force re-reads). */

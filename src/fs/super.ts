@@ -13,6 +13,14 @@ import {
 import { COMPAT, INCOMPAT, RO_COMPAT } from '../format/features.js';
 import { GroupDesc, type GdCsumKind, verifyGroupDescCsum } from '../format/group-desc.js';
 import { Corrupt, PosixError } from '../util/errors.js';
+import { assert } from '../util/assert.js';
+import { systemClock, type Clock, type ClockTime } from '../runtime/clock.js';
+import { setFreeBlocksCount, setSuperblockCsum } from '../format/superblock.js';
+import { setGroupDescCsum } from '../format/group-desc.js';
+
+/** s_state bits (EXT4_VALID_FS, EXT4_ERROR_FS). */
+export const EXT4_VALID_FS = 0x1;
+export const EXT4_ERROR_FS = 0x2;
 
 /** Largest group count we accept: bounds the descriptor table we read at mount. */
 const MAX_GROUPS = 1 << 22;
@@ -24,6 +32,8 @@ export interface MountOptions {
   noRecovery?: boolean;
   /** Metadata cache capacity in blocks. */
   cacheBlocks?: number;
+  /** Source of every timestamp written (default: the system clock). */
+  clock?: Clock;
 }
 
 /** Feature switches read once at mount. */
@@ -66,6 +76,13 @@ export class Ext4Super {
   readonly readOnly: boolean;
   /** The four 32-bit words of s_hash_seed. */
   readonly hashSeed: Uint32Array;
+  readonly clock: Clock;
+  /** Groups whose descriptor changed since the last commit (checksum stamped at commit). */
+  private readonly dirtyGroups = new Set<number>();
+  private superDirty = false;
+  /** s_state as found at mount (restored, with VALID_FS, by a clean close). */
+  private mountState = 0;
+  private closed = false;
 
   private constructor(
     readonly dev: BlockDevice,
@@ -75,7 +92,9 @@ export class Ext4Super {
     readonly groups: readonly GroupDesc[],
     readOnly: boolean,
     verdict: FeatureVerdict,
+    clock: Clock,
   ) {
+    this.clock = clock;
     this.blockSize = blockSize(sb);
     this.blocksCount = blocksCount(sb);
     this.inodeSize = inodeSize(sb);
@@ -118,10 +137,11 @@ export class Ext4Super {
     }
     const groups = groupCount(sb);
     if (groups > MAX_GROUPS) throw new Corrupt('superblock', `${groups} block groups (limit ${MAX_GROUPS})`);
-    const cache = new BufferCache(dev, blockSize(sb), blocksCount(sb), opts.cacheBlocks);
+    const cache = new BufferCache(dev, blockSize(sb), blocksCount(sb), opts.cacheBlocks, readOnly);
     const gds = await readGroupDescs(sb, cache, groups);
-    const s = new Ext4Super(dev, sbBytes, sb, cache, gds, readOnly, verdict);
+    const s = new Ext4Super(dev, sbBytes, sb, cache, gds, readOnly, verdict, opts.clock ?? systemClock);
     s.checkDescriptors();
+    if (!readOnly) await s.markMountedRw();
     return s;
   }
 
@@ -173,9 +193,109 @@ export class Ext4Super {
     await this.dev.read(first * this.blockSize, dst.subarray(0, count * this.blockSize));
   }
 
+  /** Now, from the mount's clock. */
+  now(): ClockTime {
+    return this.clock.now();
+  }
+
+  /**
+   * A read-write mount without a journal of its own writes (ext4_setup_super with no journal):
+   * VALID_FS is cleared on disk before anything else is written, so that a crash before close()
+   * leaves a filesystem e2fsck knows to check; close() restores it.
+   */
+  private async markMountedRw(): Promise<void> {
+    const sb = this.sb;
+    this.mountState = sb.s_state;
+    sb.s_state = sb.s_state & ~EXT4_VALID_FS;
+    const t = this.now();
+    sb.s_mtime = lo32(t.sec);
+    sb.s_mtime_hi = hi8(t.sec);
+    sb.s_mnt_count = (sb.s_mnt_count + 1) & 0xffff;
+    await this.writeSuper();
+    await this.dev.flush();
+  }
+
+  private assertWritable(what: string): void {
+    assert(!this.readOnly, () => `${what} on a read-only mount`);
+    assert(!this.closed, () => `${what} after close`);
+  }
+
+  /** Group `g`'s descriptor changed: its checksum is stamped and its block written at commit. */
+  markGroupDirty(g: number): void {
+    this.assertWritable('markGroupDirty');
+    assert(g >= 0 && g < this.groupCount, () => `markGroupDirty(${g})`);
+    this.dirtyGroups.add(g);
+  }
+
+  /** A superblock field changed: written at commit. */
+  markSuperDirty(): void {
+    this.assertWritable('markSuperDirty');
+    this.superDirty = true;
+  }
+
+  /**
+   * Writes every change (sync_fs): block finalizers first (bitmap checksums land in the
+   * descriptors), then the descriptors' checksums, the free counts summed into the superblock,
+   * all dirty blocks in order, and last the superblock; then a device flush.
+   */
+  async commit(): Promise<void> {
+    if (this.readOnly) return;
+    this.assertWritable('commit');
+    this.cache.finalizeAll();
+    if (this.dirtyGroups.size > 0) {
+      for (const g of this.dirtyGroups) {
+        setGroupDescCsum(this.group(g), g, this.gdCsum);
+        this.cache.markDirty(await this.cache.bread(this.gdBlockOf(g), 'group descriptor block'));
+      }
+      this.dirtyGroups.clear();
+      let freeBlocks = 0;
+      let freeInodes = 0;
+      for (const gd of this.groups) {
+        freeBlocks += gd.freeBlocksCount;
+        freeInodes += gd.freeInodesCount;
+      }
+      setFreeBlocksCount(this.sb, freeBlocks);
+      this.sb.s_free_inodes_count = freeInodes;
+      this.superDirty = true;
+    }
+    await this.cache.sync();
+    if (this.superDirty) {
+      const t = this.now();
+      this.sb.s_wtime = lo32(t.sec);
+      this.sb.s_wtime_hi = hi8(t.sec);
+      await this.writeSuper();
+      await this.dev.flush();
+      this.superDirty = false;
+    }
+    assert(this.cache.dirtyCount === 0, () => `${this.cache.dirtyCount} dirty buffers after commit`);
+  }
+
+  /** Writes the primary superblock with a fresh checksum (backups are mkfs's and resize's). */
+  private async writeSuper(): Promise<void> {
+    if (this.features.metadataCsum) setSuperblockCsum(this.sb);
+    await this.dev.write(SUPERBLOCK_OFFSET, this.sbBytes);
+    // With 1 KiB blocks the superblock is block 1: keep a cached copy of that block coherent.
+    this.cache.forget(Math.floor(SUPERBLOCK_OFFSET / this.blockSize));
+  }
+
+  /** Commits and restores the mount-time state with VALID_FS (a clean unmount); closes the device. */
   async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.readOnly) {
+      this.sb.s_state = this.mountState | EXT4_VALID_FS;
+      this.superDirty = true;
+      await this.commit();
+    }
+    this.closed = true;
     await this.dev.close();
   }
+}
+
+function lo32(sec: number): number {
+  return ((sec % 0x1_0000_0000) + 0x1_0000_0000) % 0x1_0000_0000;
+}
+function hi8(sec: number): number {
+  return Math.floor(sec / 0x1_0000_0000) & 0xff;
 }
 
 function featuresOf(sb: SuperBlockView): Features {

@@ -7,18 +7,16 @@ import type { Ext4Super } from '../super.js';
 import {
   Inode, type InodeView, INODE_VIEW_SIZE, verifyInodeCsum, validateExtraIsize, inodeSizeBytes,
   inodeUid, inodeGid, inodeTime, inodeFileAcl, inodeBlocks512, fileTypeOfMode, type FileType,
-  type Timespec, inodeCsumSeed, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, EXT4_INDEX_FL,
-  EXT4_GOOD_OLD_INODE_SIZE, S_IFMT,
+  type Timespec, inodeCsumSeed, setInodeCsum, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, EXT4_INDEX_FL,
+  EXT4_GOOD_OLD_INODE_SIZE, S_IFMT, EXT4_HUGE_FILE_FL,
 } from '../../format/inode.js';
 import { EXT4_ROOT_INO } from '../../format/superblock.js';
 import { Corrupt, PosixError } from '../../util/errors.js';
 import { isZero } from '../../util/bytes.js';
+import { assert } from '../../util/assert.js';
 
 /** An inode as loaded from disk, decoded once. */
 export class InodeInfo {
-  /** Size in bytes. */
-  readonly size: number;
-  readonly type: FileType;
   constructor(
     readonly ino: number,
     /** A copy of the on-disk record (s_inode_size bytes, padded to the view size). */
@@ -27,14 +25,17 @@ export class InodeInfo {
     /** Seed for this inode's metadata checksums (extent blocks, dir blocks). */
     readonly csumSeed: number,
     readonly inodeSize: number,
-    largeDir: boolean,
+    private readonly largeDir: boolean,
   ) {
-    this.size = inodeSizeBytes(view, largeDir);
-    const t = fileTypeOfMode(view.i_mode);
-    if (t === undefined) {
+    if (fileTypeOfMode(view.i_mode) === undefined) {
       throw new Corrupt('inode', `invalid file type in i_mode 0o${view.i_mode.toString(8)}`, { ino });
     }
-    this.type = t;
+  }
+  /** Size in bytes (live: the write path changes the record). */
+  get size(): number { return inodeSizeBytes(this.view, this.largeDir); }
+  get type(): FileType {
+    // OK to assert: the constructor checked i_mode, and writers only store valid modes.
+    return fileTypeOfMode(this.view.i_mode) as FileType;
   }
   get mode(): number { return this.view.i_mode; }
   /** Permission and special bits without the type. */
@@ -114,4 +115,35 @@ export async function readInode(s: Ext4Super, ino: number): Promise<InodeInfo> {
 /** Throws ENOTDIR unless `info` is a directory. */
 export function requireDir(info: InodeInfo, path: string, syscall: string): void {
   if (info.type !== 'dir') throw new PosixError('ENOTDIR', syscall, path);
+}
+
+/**
+ * Writes an in-core inode back into its inode-table block (ext4_mark_inode_dirty →
+ * ext4_do_update_inode): the checksum is stamped over the record now and the block is marked
+ * dirty, so later reads through the cache see the change at once.
+ */
+export async function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> {
+  const loc = inodeLocation(s, info.ino);
+  const buf = await s.cache.bread(loc.block, 'inode table');
+  const rec = info.record.subarray(0, s.inodeSize);
+  if (s.features.metadataCsum) setInodeCsum(info.view, rec, info.ino, s.csumSeed);
+  buf.data.set(rec, loc.offset);
+  s.cache.markDirty(buf);
+}
+
+/**
+ * Adds `deltaBlocks` filesystem blocks (may be negative) to i_blocks, which counts 512-byte
+ * sectors (ext4_inode_blocks_set without HUGE_FILE_FL: 48 bits with huge_file, else 32).
+ * The caller writes the inode.
+ */
+export function addInodeBlocks(s: Ext4Super, info: InodeInfo, deltaBlocks: number): void {
+  const v = info.view;
+  const cur = v.l_i_blocks_high * 0x1_0000_0000 + v.i_blocks_lo;
+  assert((v.i_flags & EXT4_HUGE_FILE_FL) === 0, () => `inode ${info.ino}: HUGE_FILE_FL i_blocks accounting`);
+  const next = cur + deltaBlocks * (s.blockSize / 512);
+  assert(next >= 0, () => `inode ${info.ino}: i_blocks would go negative (${cur} + ${deltaBlocks} blocks)`);
+  const limit = s.features.hugeFile ? 2 ** 48 : 2 ** 32;
+  if (next >= limit) throw new PosixError('EFBIG', 'write', undefined, `inode ${info.ino}: i_blocks ${next} exceeds ${limit - 1}`);
+  v.i_blocks_lo = next % 0x1_0000_0000;
+  v.l_i_blocks_high = Math.floor(next / 0x1_0000_0000);
 }
