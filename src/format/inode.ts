@@ -175,6 +175,11 @@ export function inodeTime(ino: InodeView, which: TimeField, inodeSize: number): 
 /** Encodes a timestamp (inverse of inodeTime); the extra word is written only if it fits. */
 export function setInodeTime(ino: InodeView, which: TimeField, t: Timespec, inodeSize: number): void {
   const [secF, extraF] = TIME_FIELDS[which];
+  // Clamp to what the record can hold, as the kernel does (EXT4_{EXTRA_,}TIMESTAMP_{MIN,MAX}).
+  const hasExtra = fitsInInode(ino, Inode.offsetOf(extraF) + 4, inodeSize);
+  const max = hasExtra ? 0x7fff_ffff + 3 * 0x1_0000_0000 : 0x7fff_ffff;
+  if (t.sec < -0x8000_0000) t = { sec: -0x8000_0000, nsec: 0 };
+  else if (t.sec > max) t = { sec: max, nsec: 0 };
   // The epoch bits count how many 2^32 spans the seconds are past the signed 32-bit range.
   const epoch = Math.floor((t.sec + 0x8000_0000) / 0x1_0000_0000);
   const lo = t.sec - epoch * 0x1_0000_0000;
@@ -259,4 +264,20 @@ export function decodeRdev(iBlock: Uint8Array): { major: number; minor: number }
   if (old !== 0) return { major: (old >>> 8) & 0xff, minor: old & 0xff };
   const dev = dv.getUint32(4, true);
   return { major: (dev & 0xfff00) >>> 8, minor: (dev & 0xff) | ((dev >>> 12) & 0xfff00) };
+}
+
+/**
+ * Stores a device number in i_block the way ext4_init_special_inode's writer does
+ * (ext4_do_update_inode): the old 16-bit encoding in word 0 when major and minor fit in 8 bits,
+ * else the new 32-bit encoding in word 1 with word 0 zero.
+ */
+export function encodeRdev(iBlock: Uint8Array, major: number, minor: number): void {
+  const dv = new DataView(iBlock.buffer, iBlock.byteOffset, 8);
+  if (major < 256 && minor < 256) {
+    dv.setUint32(0, (major << 8) | minor, true);
+    dv.setUint32(4, 0, true);
+  } else {
+    dv.setUint32(0, 0, true);
+    dv.setUint32(4, ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0, true);
+  }
 }

@@ -15,12 +15,8 @@ import { GroupDesc, type GdCsumKind, verifyGroupDescCsum } from '../format/group
 import { Corrupt, PosixError } from '../util/errors.js';
 import { assert } from '../util/assert.js';
 import { systemClock, type Clock, type ClockTime } from '../runtime/clock.js';
-import { setFreeBlocksCount, setSuperblockCsum } from '../format/superblock.js';
+import { setFreeBlocksCount, setSuperblockCsum, EXT4_VALID_FS } from '../format/superblock.js';
 import { setGroupDescCsum } from '../format/group-desc.js';
-
-/** s_state bits (EXT4_VALID_FS, EXT4_ERROR_FS). */
-export const EXT4_VALID_FS = 0x1;
-export const EXT4_ERROR_FS = 0x2;
 
 /** Largest group count we accept: bounds the descriptor table we read at mount. */
 const MAX_GROUPS = 1 << 22;
