@@ -27,7 +27,7 @@ export interface TreeSpec {
   seed: number;
 }
 
-export const WORKLOAD_A: TreeSpec = { files: 20000, dirs: 2000, symlinks: 800, medianBytes: 4096, maxBytes: 1 << 20, seed: 1 };
+export const WORKLOAD_A: TreeSpec = { files: 20000, dirs: 2000, symlinks: 800, medianBytes: 7168, maxBytes: 1 << 20, seed: 1 };
 export const WORKLOAD_A_QUICK: TreeSpec = { files: 2000, dirs: 200, symlinks: 80, medianBytes: 4096, maxBytes: 1 << 20, seed: 1 };
 
 /** Writes the tree under `root` (which must not exist). Returns the bytes of file content. */

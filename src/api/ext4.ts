@@ -12,6 +12,7 @@ import { resolvePath, readSymlink, isFastSymlink } from '../fs/namei.js';
 import { FileMap, readMappedRange } from '../fs/inode/file-map.js';
 import { inlineBytes } from '../fs/inode/inline.js';
 import { readXattrs } from '../fs/xattr/xattr-read.js';
+import { encodePosixAclXattr, parseExt4Acl } from '../format/xattr.js';
 import { listIndirectBlocks } from '../fs/inode/block-map.js';
 import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
@@ -202,7 +203,7 @@ export class Ext4 {
     const info = await resolvePath(this.sup, path, false, 'getxattr');
     const e = (await readXattrs(this.sup, info)).find((x) => x.name === name);
     if (e === undefined) throw new PosixError('ENODATA', 'getxattr', path);
-    return e.value;
+    return userXattrValue(e.name, e.value, info.ino);
   }
 
   /** listxattr(): names of all extended attributes (the inline-data carrier excluded). */
@@ -214,7 +215,9 @@ export class Ext4 {
   /** All xattrs of an inode with values. */
   async xattrsOfIno(ino: number): Promise<{ name: string; value: Uint8Array }[]> {
     const info = await readInode(this.sup, ino);
-    return (await readXattrs(this.sup, info)).filter((x) => x.name !== 'system.data');
+    return (await readXattrs(this.sup, info))
+      .filter((x) => x.name !== 'system.data')
+      .map((x) => ({ name: x.name, value: userXattrValue(x.name, x.value, ino) }));
   }
 
   /** Opens a file for reading. */
@@ -251,6 +254,17 @@ export class Ext4 {
   async close(): Promise<void> {
     await this.sup.close();
   }
+}
+
+/**
+ * What getxattr(2) returns for a stored value: POSIX ACLs are kept on disk in ext4's compact
+ * format and handed to users in the VFS's posix_acl_xattr format, as the kernel does.
+ */
+function userXattrValue(name: string, value: Uint8Array, ino: number): Uint8Array {
+  if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') {
+    return encodePosixAclXattr(parseExt4Acl(value, { ino }));
+  }
+  return value;
 }
 
 function isDotOrDotDot(e: DirEntry): boolean {

@@ -23,6 +23,8 @@ export interface MetaBuffer {
    * once.
    */
   finalize?: ((data: Uint8Array) => void) | undefined;
+  /** Never evicted (group descriptor blocks: views into them live for the whole mount). */
+  pinned?: boolean;
 }
 
 export class BufferCache {
@@ -100,6 +102,7 @@ export class BufferCache {
    * block must not be written back over data that may be allocated there next.
    */
   forget(nr: number): void {
+    assert(this.lru.get(nr)?.pinned !== true, () => `forget of pinned block ${nr}`);
     this.lru.delete(nr);
   }
 
@@ -122,11 +125,13 @@ export class BufferCache {
 
   private insert(buf: MetaBuffer): void {
     this.lru.set(buf.blockNr, buf);
-    if (this.lru.size <= this.capacity) return;
-    for (const [k, v] of this.lru) {
-      if (this.lru.size <= this.capacity) break;
-      if (!v.dirty) this.lru.delete(k);
-    }
+    if (this.lru.size > this.capacity) this.insertTrim(buf);
+  }
+
+  /** Keeps `buf` cached for the rest of the mount (bread + pin). */
+  pin(buf: MetaBuffer): void {
+    assert(this.lru.get(buf.blockNr) === buf, () => `pin of block ${buf.blockNr}: not the cached buffer`);
+    buf.pinned = true;
   }
 
   /**
@@ -153,18 +158,23 @@ export class BufferCache {
       i = j;
     }
     await this.dev.flush();
-    if (this.lru.size > this.capacity) this.insertTrim();
+    if (this.lru.size > this.capacity) this.insertTrim(undefined);
   }
 
-  private insertTrim(): void {
+  /**
+   * Evicts clean, unpinned buffers, oldest first, down to the capacity. Never the buffer just
+   * inserted (`keep`): its caller is about to use it. Dirty and pinned buffers stay, so the cache
+   * may exceed its capacity until the next sync.
+   */
+  private insertTrim(keep: MetaBuffer | undefined): void {
     for (const [k, v] of this.lru) {
       if (this.lru.size <= this.capacity) break;
-      if (!v.dirty) this.lru.delete(k);
+      if (!v.dirty && v.pinned !== true && v !== keep) this.lru.delete(k);
     }
   }
 
   /** Drops every clean buffer (tests use it to force re-reads). */
   dropClean(): void {
-    for (const [k, v] of this.lru) if (!v.dirty) this.lru.delete(k);
+    for (const [k, v] of this.lru) if (!v.dirty && v.pinned !== true) this.lru.delete(k);
   }
 }

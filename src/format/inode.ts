@@ -281,3 +281,9 @@ export function encodeRdev(iBlock: Uint8Array, major: number, minor: number): vo
     dv.setUint32(4, ((minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12)) >>> 0, true);
   }
 }
+
+/** Stores the xattr block number in its split lo/high fields (the inverse of inodeFileAcl). */
+export function setInodeFileAcl(ino: InodeView, blk: number): void {
+  ino.i_file_acl_lo = blk % 0x1_0000_0000;
+  ino.l_i_file_acl_high = Math.floor(blk / 0x1_0000_0000);
+}

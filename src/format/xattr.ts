@@ -413,3 +413,198 @@ export function buildXattrIbody(entries: readonly XattrInput[], size: number): U
   writeEntries(area, IBODY_HEADER, IBODY_HEADER, entries, false);
   return area;
 }
+
+/*
+ * POSIX ACLs (fs/posix_acl.c: posix_acl_from_xattr, posix_acl_valid, posix_acl_to_xattr;
+ * fs/ext4/acl.c: ext4_acl_to_disk, ext4_acl_from_disk). The system.posix_acl_access and
+ * system.posix_acl_default attributes travel through setxattr/getxattr in the generic
+ * "posix_acl_xattr" format (version 2, 8-byte entries), but ext4 stores them in its own,
+ * shorter format (version 1, 4-byte entries for the tags that carry no id).
+ */
+
+/** ACL tags (include/uapi/linux/posix_acl.h). */
+export const ACL_USER_OBJ = 0x01;
+export const ACL_USER = 0x02;
+export const ACL_GROUP_OBJ = 0x04;
+export const ACL_GROUP = 0x08;
+export const ACL_MASK = 0x10;
+export const ACL_OTHER = 0x20;
+/** e_id of entries without an id in the xattr format. */
+export const ACL_UNDEFINED_ID = 0xffffffff;
+/** Permission bits an entry may hold (ACL_READ | ACL_WRITE | ACL_EXECUTE). */
+const ACL_PERM_MASK = 0x7;
+/** a_version of the xattr format (POSIX_ACL_XATTR_VERSION). */
+export const POSIX_ACL_XATTR_VERSION = 2;
+/** a_version of ext4's on-disk format (EXT4_ACL_VERSION). */
+export const EXT4_ACL_VERSION = 1;
+
+/** struct posix_acl_xattr_header (include/uapi/linux/posix_acl_xattr.h). */
+export const PosixAclXattrHeader = defineStruct('posix_acl_xattr_header', 4, {
+  /** POSIX_ACL_XATTR_VERSION. */
+  a_version: u32(0x0),
+});
+/** struct posix_acl_xattr_entry. */
+export const PosixAclXattrEntry = defineStruct('posix_acl_xattr_entry', 8, {
+  /** ACL_* tag. */
+  e_tag: u16(0x0),
+  /** rwx bits. */
+  e_perm: u16(0x2),
+  /** uid or gid for ACL_USER / ACL_GROUP, else ACL_UNDEFINED_ID. */
+  e_id: u32(0x4),
+});
+/** ext4_acl_header (fs/ext4/acl.h). */
+export const Ext4AclHeader = defineStruct('ext4_acl_header', 4, {
+  /** EXT4_ACL_VERSION. */
+  a_version: u32(0x0),
+});
+/** ext4_acl_entry: the long form, for ACL_USER and ACL_GROUP. */
+export const Ext4AclEntry = defineStruct('ext4_acl_entry', 8, {
+  e_tag: u16(0x0),
+  e_perm: u16(0x2),
+  /** uid or gid. */
+  e_id: u32(0x4),
+});
+/** ext4_acl_entry_short: the short form, for the tags without an id. */
+export const Ext4AclEntryShort = defineStruct('ext4_acl_entry_short', 4, {
+  e_tag: u16(0x0),
+  e_perm: u16(0x2),
+});
+
+/** One ACL entry. */
+export interface AclEntry {
+  /** ACL_* tag. */
+  tag: number;
+  /** rwx bits (0..7). */
+  perm: number;
+  /** uid/gid for ACL_USER/ACL_GROUP, ACL_UNDEFINED_ID for the others. */
+  id: number;
+}
+
+function aclHasId(tag: number): boolean {
+  return tag === ACL_USER || tag === ACL_GROUP;
+}
+
+/**
+ * posix_acl_valid(): entries in the order USER_OBJ, USER*, GROUP_OBJ, GROUP*, MASK, OTHER,
+ * with a MASK whenever named USER/GROUP entries exist, and only rwx permission bits.
+ * Returns false on a violation.
+ */
+function aclIsValid(entries: readonly AclEntry[]): boolean {
+  // States as in the kernel: USER_OBJ expected, then USER*, GROUP*, OTHER, done (0).
+  let state = ACL_USER_OBJ;
+  let needsMask = false;
+  for (const e of entries) {
+    if ((e.perm & ~ACL_PERM_MASK) !== 0) return false;
+    switch (e.tag) {
+      case ACL_USER_OBJ: if (state !== ACL_USER_OBJ) return false; state = ACL_USER; break;
+      case ACL_USER: if (state !== ACL_USER) return false; needsMask = true; break;
+      case ACL_GROUP_OBJ: if (state !== ACL_USER) return false; state = ACL_GROUP; break;
+      case ACL_GROUP: if (state !== ACL_GROUP) return false; needsMask = true; break;
+      case ACL_MASK: if (state !== ACL_GROUP) return false; state = ACL_OTHER; break;
+      case ACL_OTHER:
+        if (state !== ACL_OTHER && !(state === ACL_GROUP && !needsMask)) return false;
+        state = 0;
+        break;
+      default: return false;
+    }
+  }
+  return state === 0;
+}
+
+/**
+ * Parses an ACL in the xattr format, as setxattr() receives it (posix_acl_from_xattr, then
+ * posix_acl_valid). An empty list (header only) means "no ACL". Throws PosixError EINVAL for
+ * a malformed or invalid ACL and EOPNOTSUPP for an unknown version, like the kernel.
+ */
+export function parsePosixAclXattr(value: Uint8Array, syscall = 'setxattr'): AclEntry[] {
+  const einval = (d: string): never => { throw new PosixError('EINVAL', syscall, undefined, `invalid POSIX ACL: ${d}`); };
+  const H = PosixAclXattrHeader.SIZE;
+  const E = PosixAclXattrEntry.SIZE;
+  if (value.length < H) einval(`${value.length} bytes`);
+  const version = new PosixAclXattrHeader(value, 0).a_version;
+  if (version !== POSIX_ACL_XATTR_VERSION) {
+    throw new PosixError('EOPNOTSUPP', syscall, undefined, `POSIX ACL xattr version ${version}`);
+  }
+  if ((value.length - H) % E !== 0) einval(`size ${value.length} is not 4 + 8n`);
+  const out: AclEntry[] = [];
+  for (let off = H; off < value.length; off += E) {
+    const v = new PosixAclXattrEntry(value, off);
+    if (aclHasId(v.e_tag) && v.e_id === ACL_UNDEFINED_ID) einval(`entry with tag ${v.e_tag} has id -1`);
+    out.push({ tag: v.e_tag, perm: v.e_perm, id: aclHasId(v.e_tag) ? v.e_id : ACL_UNDEFINED_ID });
+  }
+  if (out.length > 0 && !aclIsValid(out)) einval('bad entry order, tag or permission');
+  return out;
+}
+
+/** Bytes of `entries` in ext4's format (ext4_acl_size): long entries for USER/GROUP, short for the rest. */
+function ext4AclSize(entries: readonly AclEntry[]): number {
+  let n = Ext4AclHeader.SIZE;
+  for (const e of entries) n += aclHasId(e.tag) ? Ext4AclEntry.SIZE : Ext4AclEntryShort.SIZE;
+  return n;
+}
+
+/** ext4_acl_to_disk(): a valid ACL in ext4's on-disk format. */
+export function encodeExt4Acl(entries: readonly AclEntry[]): Uint8Array {
+  assert(aclIsValid(entries), 'encodeExt4Acl of an invalid ACL');
+  const out = new Uint8Array(ext4AclSize(entries));
+  new Ext4AclHeader(out, 0).a_version = EXT4_ACL_VERSION;
+  let off = Ext4AclHeader.SIZE;
+  for (const e of entries) {
+    if (aclHasId(e.tag)) {
+      const v = new Ext4AclEntry(out, off);
+      v.e_tag = e.tag;
+      v.e_perm = e.perm;
+      v.e_id = e.id;
+      off += Ext4AclEntry.SIZE;
+    } else {
+      const v = new Ext4AclEntryShort(out, off);
+      v.e_tag = e.tag;
+      v.e_perm = e.perm;
+      off += Ext4AclEntryShort.SIZE;
+    }
+  }
+  assert(off === out.length, 'ext4 ACL size');
+  return out;
+}
+
+/**
+ * ext4_acl_from_disk(): parses ext4's on-disk ACL. Throws Corrupt for a bad version, a size
+ * that does not match the entries, or an unknown tag.
+ */
+export function parseExt4Acl(disk: Uint8Array, where: Where = {}): AclEntry[] {
+  const bad = (d: string): never => { throw new Corrupt('ext4 ACL', d, where); };
+  if (disk.length < Ext4AclHeader.SIZE) bad(`of ${disk.length} bytes is too small`);
+  const version = new Ext4AclHeader(disk, 0).a_version;
+  if (version !== EXT4_ACL_VERSION) bad(`version ${version}`);
+  const out: AclEntry[] = [];
+  let off = Ext4AclHeader.SIZE;
+  // Each step advances by at least 4 bytes: bounded by disk.length / 4.
+  while (off < disk.length) {
+    if (off + Ext4AclEntryShort.SIZE > disk.length) bad(`entry at offset ${off} overruns the value`);
+    const s = new Ext4AclEntryShort(disk, off);
+    if (aclHasId(s.e_tag)) {
+      if (off + Ext4AclEntry.SIZE > disk.length) bad(`entry at offset ${off} overruns the value`);
+      out.push({ tag: s.e_tag, perm: s.e_perm, id: new Ext4AclEntry(disk, off).e_id });
+      off += Ext4AclEntry.SIZE;
+    } else if (s.e_tag === ACL_USER_OBJ || s.e_tag === ACL_GROUP_OBJ || s.e_tag === ACL_MASK || s.e_tag === ACL_OTHER) {
+      out.push({ tag: s.e_tag, perm: s.e_perm, id: ACL_UNDEFINED_ID });
+      off += Ext4AclEntryShort.SIZE;
+    } else {
+      bad(`unknown tag 0x${hex(s.e_tag)} at offset ${off}`);
+    }
+  }
+  return out;
+}
+
+/** posix_acl_to_xattr(): the xattr format getxattr() returns. */
+export function encodePosixAclXattr(entries: readonly AclEntry[]): Uint8Array {
+  const out = new Uint8Array(PosixAclXattrHeader.SIZE + entries.length * PosixAclXattrEntry.SIZE);
+  new PosixAclXattrHeader(out, 0).a_version = POSIX_ACL_XATTR_VERSION;
+  entries.forEach((e, i) => {
+    const v = new PosixAclXattrEntry(out, PosixAclXattrHeader.SIZE + i * PosixAclXattrEntry.SIZE);
+    v.e_tag = e.tag;
+    v.e_perm = e.perm;
+    v.e_id = aclHasId(e.tag) ? e.id : ACL_UNDEFINED_ID;
+  });
+  return out;
+}

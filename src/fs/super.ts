@@ -361,6 +361,8 @@ async function readGroupDescs(sb: SuperBlockView, cache: BufferCache, groups: nu
   for (let n = 0; n * perBlock < groups; n++) {
     const nr = gdBlockNr(sb, n);
     const buf = await cache.bread(nr, 'group descriptor block');
+    // GroupDesc views point into this buffer for the whole mount: it must never be evicted.
+    cache.pin(buf);
     for (let i = 0; i < perBlock && n * perBlock + i < groups; i++) out.push(new GroupDesc(buf.data, i * ds, ds));
   }
   return out;

@@ -98,7 +98,7 @@ export class IoError extends Ext4Error {
 
 /** errno values (Linux) for the POSIX errors the API raises. */
 export const ERRNO = {
-  EPERM: 1, ENOENT: 2, EIO: 5, EBADF: 9, ENOMEM: 12, EACCES: 13, EEXIST: 17, EXDEV: 18,
+  EPERM: 1, ENOENT: 2, EIO: 5, E2BIG: 7, EBADF: 9, EBUSY: 16, ENOMEM: 12, EACCES: 13, EEXIST: 17, EXDEV: 18,
   ENOTDIR: 20, EISDIR: 21, EINVAL: 22, EFBIG: 27, ENOSPC: 28, EROFS: 30, EMLINK: 31,
   ERANGE: 34, ENAMETOOLONG: 36, ENOTEMPTY: 39, ELOOP: 40, ENODATA: 61, EOPNOTSUPP: 95,
 } as const;
@@ -106,6 +106,7 @@ export type ErrnoCode = keyof typeof ERRNO;
 
 const DESCRIPTIONS: Record<ErrnoCode, string> = {
   EPERM: 'operation not permitted', ENOENT: 'no such file or directory', EIO: 'i/o error',
+  E2BIG: 'argument list too long', EBUSY: 'resource busy or locked',
   EBADF: 'bad file descriptor', ENOMEM: 'out of memory', EACCES: 'permission denied',
   EEXIST: 'file already exists', EXDEV: 'cross-device link', ENOTDIR: 'not a directory',
   EISDIR: 'illegal operation on a directory', EINVAL: 'invalid argument',

@@ -20,8 +20,12 @@ export async function readXattrs(s: Ext4Super, info: InodeInfo): Promise<XattrEn
       throw new Corrupt('inode', `xattr block ${blk} outside the filesystem`, { ino: info.ino });
     }
     const buf = await s.cache.bread(blk, 'xattr block');
-    const ctx = s.features.metadataCsum ? { blockNr: blk, csumSeed: s.csumSeed, ino: info.ino } : { blockNr: blk, ino: info.ino };
+    // A block checked once (or changed by us, its checksum stamped at commit) is not re-summed.
+    const ctx = s.features.metadataCsum
+      ? { blockNr: blk, csumSeed: s.csumSeed, ino: info.ino, skipCsum: buf.verified }
+      : { blockNr: blk, ino: info.ino };
     out.push(...parseXattrBlock(buf.data, ctx));
+    buf.verified = true;
   }
   return out;
 }
