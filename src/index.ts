@@ -10,3 +10,7 @@ export { FileDevice } from './blockdev/file-device.js';
 export { MemDevice } from './blockdev/mem-device.js';
 export { extract, badName, symlinkStaysInside, ExtractRefused, type ExtractOptions, type ExtractSummary, type ExtractWarning } from './api/extract.js';
 export { dataRuns } from './api/ext4.js';
+export {
+  mkfs, seededRandom, cryptoRandom, fixedClock, systemClock, type MkfsOptions, type MkfsTargetOptions, type MkfsResult,
+  type Random, type Clock, type ClockTime,
+} from './api/mkfs.js';

@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander';
 import { isExt4Error, Ext4Bug } from '../index.js';
 import { registerReadCommands, registerGet } from './read-commands.js';
 import { registerDemo } from './demo.js';
+import { registerMkfs } from './mkfs-command.js';
 
 const program = new Command();
 program
@@ -20,6 +21,7 @@ program
 registerReadCommands(program);
 registerGet(program);
 registerDemo(program);
+registerMkfs(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -177,3 +177,135 @@ export function setExtentBlockCsum(block: Uint8Array, inodeSeed: number): void {
   const h = new ExtentHeader(block, 0);
   new ExtentTail(block, extentTailOffset(h.eh_max)).et_checksum = computeExtentBlockCsum(block, inodeSeed);
 }
+
+/** Entries in the root node kept in i_block (60 bytes): 4 (ext4_ext_space_root). */
+export const EXT4_EXT_ROOT_MAX = extentNodeCapacity(60, true);
+
+/** One entry of a node in plain numbers: a leaf extent (depth 0) or an index (depth > 0). */
+export type ExtentEntry = ExtentLeafEntry | ExtentIndexEntry;
+
+/** Byte offset of entry `i` in a node (the header comes first). */
+function entryOffset(i: number): number {
+  return ExtentHeader.SIZE + i * EXT_ENTRY_SIZE;
+}
+
+/**
+ * A writable view of one extent-tree node (the inode root or a tree block): its header and its
+ * array of 12-byte entries, each starting with its first logical block (ee_block and ei_block
+ * are both at offset 0). The extent-tree writer edits nodes only through this class, so no byte
+ * offset leaves format/. Methods assert their index ranges: a bad index is a bug in the writer,
+ * never bad input (input is checked by parseExtentNode before a node is trusted).
+ */
+export class ExtentNode {
+  readonly hdr: ExtentHeaderView;
+  constructor(readonly bytes: Uint8Array) {
+    this.hdr = new ExtentHeader(bytes, 0);
+  }
+
+  /** Writes an empty node: magic, no entries, `max` slots at `depth`; zeroes slots and tail. */
+  init(max: number, depth: number): void {
+    assert(max >= 1 && entryOffset(max) <= this.bytes.length,
+      () => `extent node eh_max ${max} in ${this.bytes.length} bytes`);
+    assert(depth >= 0 && depth <= EXT4_MAX_EXTENT_DEPTH, () => `extent node depth ${depth}`);
+    this.bytes.fill(0);
+    this.hdr.eh_magic = EXT4_EXT_MAGIC;
+    this.hdr.eh_entries = 0;
+    this.hdr.eh_max = max;
+    this.hdr.eh_depth = depth;
+    this.hdr.eh_generation = 0;
+  }
+
+  get entries(): number { return this.hdr.eh_entries; }
+  set entries(n: number) {
+    assert(n >= 0 && n <= this.hdr.eh_max, () => `eh_entries ${n} outside 0..${this.hdr.eh_max}`);
+    this.hdr.eh_entries = n;
+  }
+  get max(): number { return this.hdr.eh_max; }
+  get depth(): number { return this.hdr.eh_depth; }
+  set depth(d: number) {
+    assert(d >= 0 && d <= EXT4_MAX_EXTENT_DEPTH, () => `eh_depth ${d}`);
+    this.hdr.eh_depth = d;
+  }
+  get isFull(): boolean { return this.hdr.eh_entries >= this.hdr.eh_max; }
+
+  private checkSlot(i: number): void {
+    assert(Number.isInteger(i) && i >= 0 && i < this.hdr.eh_max,
+      () => `extent entry ${i} outside 0..${this.hdr.eh_max - 1}`);
+  }
+
+  /** First logical block of entry `i` (ee_block or ei_block). */
+  key(i: number): number {
+    this.checkSlot(i);
+    return new Extent(this.bytes, entryOffset(i)).ee_block;
+  }
+  setKey(i: number, lblk: number): void {
+    this.checkSlot(i);
+    if (this.depth === 0) new Extent(this.bytes, entryOffset(i)).ee_block = lblk;
+    else new ExtentIdx(this.bytes, entryOffset(i)).ei_block = lblk;
+  }
+
+  leaf(i: number): ExtentLeafEntry {
+    this.checkSlot(i);
+    assert(this.depth === 0, 'leaf entry read from an index node');
+    const e = new Extent(this.bytes, entryOffset(i));
+    return { lblk: e.ee_block, len: eeActualLen(e), pblk: eePblk(e), unwritten: isUnwritten(e) };
+  }
+  setLeaf(i: number, x: ExtentLeafEntry): void {
+    this.checkSlot(i);
+    assert(this.depth === 0, 'leaf entry written into an index node');
+    const e = new Extent(this.bytes, entryOffset(i));
+    e.ee_block = x.lblk;
+    setExtentLen(e, x.len, x.unwritten);
+    setEePblk(e, x.pblk);
+  }
+
+  index(i: number): ExtentIndexEntry {
+    this.checkSlot(i);
+    assert(this.depth > 0, 'index entry read from a leaf');
+    const ix = new ExtentIdx(this.bytes, entryOffset(i));
+    return { lblk: ix.ei_block, child: eiLeaf(ix) };
+  }
+  setIndex(i: number, x: ExtentIndexEntry): void {
+    this.checkSlot(i);
+    assert(this.depth > 0, 'index entry written into a leaf');
+    const ix = new ExtentIdx(this.bytes, entryOffset(i));
+    ix.ei_block = x.lblk;
+    setEiLeaf(ix, x.child);
+    ix.ei_unused = 0;
+  }
+
+  /** Writes entry `i` as a leaf extent or an index, whichever this node holds. */
+  setEntry(i: number, x: ExtentEntry): void {
+    if ('child' in x) this.setIndex(i, x);
+    else this.setLeaf(i, x);
+  }
+
+  /**
+   * Moves entries [from, eh_entries) so that they start at `to` (to > from opens a gap, to <
+   * from closes one), adjusts eh_entries by to - from, and zeroes the slots left past the end.
+   */
+  shiftTail(from: number, to: number): void {
+    const n = this.hdr.eh_entries;
+    assert(from >= 0 && from <= n && to >= 0, () => `shiftTail(${from}, ${to}) with ${n} entries`);
+    const newN = n + (to - from);
+    assert(newN <= this.hdr.eh_max, () => `shiftTail(${from}, ${to}): ${newN} entries > eh_max ${this.hdr.eh_max}`);
+    this.bytes.copyWithin(entryOffset(to), entryOffset(from), entryOffset(n));
+    if (newN < n) this.bytes.fill(0, entryOffset(newN), entryOffset(n));
+    this.hdr.eh_entries = newN;
+  }
+
+  /** Copies `count` raw entries from `src` (starting at `srcAt`) into slots [at, at+count). */
+  copyFrom(src: ExtentNode, srcAt: number, at: number, count: number): void {
+    assert(src.depth === this.depth, () => `copying entries between depths ${src.depth} and ${this.depth}`);
+    assert(srcAt >= 0 && srcAt + count <= src.entries, () => `copyFrom source ${srcAt}+${count} of ${src.entries}`);
+    assert(at >= 0 && at + count <= this.hdr.eh_max,
+      () => `copyFrom target ${at}+${count} of eh_max ${this.hdr.eh_max}`);
+    this.bytes.set(src.bytes.subarray(entryOffset(srcAt), entryOffset(srcAt + count)), entryOffset(at));
+  }
+}
+
+/** The checksum stored in a tree block's tail (after eh_max entries). */
+export function extentTailChecksum(block: Uint8Array): number {
+  const h = new ExtentHeader(block, 0);
+  return new ExtentTail(block, extentTailOffset(h.eh_max)).et_checksum;
+}

@@ -316,3 +316,48 @@ export function superblockFeatureNames(sb: SuperBlockView): string[] {
     ...featureNames(RO_COMPAT, sb.s_feature_ro_compat),
   ];
 }
+
+/** s_errors values (EXT4_ERRORS_*): what the kernel does on a detected error. */
+export const EXT4_ERRORS_CONTINUE = 1;
+export const EXT4_ERRORS_RO = 2;
+export const EXT4_ERRORS_PANIC = 3;
+/** s_creator_os value for Linux (EXT4_OS_LINUX). */
+export const EXT4_OS_LINUX = 0;
+/** s_default_mount_opts bits (EXT4_DEFM_*): user_xattr and acl, the mke2fs.conf defaults. */
+export const EXT4_DEFM_XATTR_USER = 0x4;
+export const EXT4_DEFM_ACL = 0x8;
+/** s_jnl_backup_type: s_jnl_blocks holds a copy of the journal inode's i_block and size. */
+export const EXT3_JNL_BACKUP_BLOCKS = 1;
+/** s_jnl_blocks is 17 words: i_block[0..14], then i_size_high, then i_size. */
+export const EXT4_JNL_BLOCKS_WORDS = 17;
+/** s_log_groups_per_flex that mke2fs picks by default (16 groups per flex group). */
+export const EXT4_DEFAULT_LOG_GROUPS_PER_FLEX = 4;
+/** s_desc_size with the 64bit feature (EXT4_MIN_DESC_SIZE_64BIT). */
+export const EXT4_MIN_DESC_SIZE_64BIT = 64;
+/** s_desc_size without 64bit: 32-byte descriptors (EXT4_MIN_DESC_SIZE). */
+export const EXT4_MIN_DESC_SIZE = 32;
+
+/** Stores a superblock timestamp into its 32-bit low field and 8-bit high field. */
+export function setSbTime(sb: SuperBlockView, field: 'mtime' | 'wtime' | 'mkfs_time' | 'lastcheck', sec: number): void {
+  const lo = ((sec % 0x1_0000_0000) + 0x1_0000_0000) % 0x1_0000_0000;
+  const hi = Math.floor(sec / 0x1_0000_0000) & 0xff;
+  switch (field) {
+    case 'mtime': sb.s_mtime = lo; sb.s_mtime_hi = hi; break;
+    case 'wtime': sb.s_wtime = lo; sb.s_wtime_hi = hi; break;
+    case 'mkfs_time': sb.s_mkfs_time = lo; sb.s_mkfs_time_hi = hi; break;
+    case 'lastcheck': sb.s_lastcheck = lo; sb.s_lastcheck_hi = hi; break;
+  }
+}
+
+/**
+ * The s_jnl_blocks backup of the journal inode (EXT3_JNL_BACKUP_BLOCKS): its 15 i_block words,
+ * then i_size_high and i_size, as ext2fs's write_journal_inode() stores them.
+ */
+export function jnlBlocksBackup(iBlock: Uint8Array, sizeBytes: number): Uint8Array {
+  const out = new Uint8Array(EXT4_JNL_BLOCKS_WORDS * 4);
+  out.set(iBlock.subarray(0, 15 * 4), 0);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(15 * 4, Math.floor(sizeBytes / 0x1_0000_0000), true);
+  dv.setUint32(16 * 4, sizeBytes >>> 0, true);
+  return out;
+}
