@@ -20,8 +20,13 @@ import { loadJournalInfo, type JournalInfo } from '../fs/journal.js';
 import { Ext4Error, PosixError } from '../util/errors.js';
 import { decodeName } from '../util/bytes.js';
 import { Stats, Dirent, fileTypeOfFt } from './stats.js';
+import { WriteOps, type TimeArg, type NodeSpec } from './write-ops.js';
+import type { ClockTime } from '../runtime/clock.js';
 
-export interface OpenOptions extends MountOptions {}
+export interface OpenOptions extends MountOptions {
+  /** Owner of inodes created through this mount (default root, 0:0: image builders make root-owned trees). */
+  owner?: { uid: number; gid: number };
+}
 
 /** Largest file readFile() returns in one buffer (callers stream bigger ones with open()). */
 export const READFILE_MAX_BYTES = 2 ** 31 - 1;
@@ -72,7 +77,11 @@ export interface InodeLayout {
 }
 
 export class Ext4 {
-  private constructor(readonly sup: Ext4Super, private readonly journal: FsInfo['journal']) {}
+  private constructor(
+    readonly sup: Ext4Super,
+    private readonly journal: FsInfo['journal'],
+    private readonly wops: WriteOps | undefined,
+  ) {}
 
   /** Opens and mounts an image file or a BlockDevice (read-only unless told otherwise). */
   static async open(image: string | BlockDevice, opts: OpenOptions = {}): Promise<Ext4> {
@@ -80,7 +89,13 @@ export class Ext4 {
     const dev = typeof image === 'string' ? await FileDevice.open(image, { readOnly }) : image;
     try {
       const sup = await Ext4Super.mount(dev, { ...opts, readOnly });
-      return new Ext4(sup, await journalOf(sup, opts.noRecovery ?? false));
+      const journal = await journalOf(sup, opts.noRecovery ?? false);
+      let wops: WriteOps | undefined;
+      if (!sup.readOnly) {
+        wops = new WriteOps(sup, opts.owner ?? { uid: 0, gid: 0 });
+        await wops.mountRw();
+      }
+      return new Ext4(sup, journal, wops);
     } catch (e) {
       if (typeof image === 'string') await dev.close();
       throw e;
@@ -220,10 +235,16 @@ export class Ext4 {
       .map((x) => ({ name: x.name, value: userXattrValue(x.name, x.value, ino) }));
   }
 
-  /** Opens a file for reading. */
+  /**
+   * Opens a file for reading. On a read-write mount the handle pins the inode: unlinking it
+   * while open defers its release to the handle's close (the orphan list covers a crash).
+   */
   async open(path: string): Promise<FileHandle> {
     const info = await resolvePath(this.sup, path, true, 'open');
-    return new FileHandle(this, info);
+    const w = this.wops;
+    if (w === undefined) return new FileHandle(this, info);
+    await w.run(async () => w.ns.pin(info.ino));
+    return new FileHandle(this, info, () => w.run(() => w.ns.unpin(info.ino)));
   }
 
   /** Loads an inode by number. */
@@ -250,9 +271,73 @@ export class Ext4 {
     return { kind: 'blockmap', extents, metaBlocks: meta, ...base };
   }
 
-  /** Unmounts: releases the device (an image opened by path is closed). */
+  // ---- writing (read-write mounts) -------------------------------------------------------
+
+  private w(syscall: string): WriteOps {
+    if (this.wops === undefined) throw new PosixError('EROFS', syscall, undefined, 'the image was opened read-only');
+    return this.wops;
+  }
+
+  /** The mount's clock (SOURCE_DATE_EPOCH-aware callers pass a fixed one at open). */
+  now(): ClockTime {
+    return this.sup.now();
+  }
+
+  /** mkdir (mode default 0755); with `recursive`, like mkdir -p; returns the first directory made. */
+  mkdir(path: string, opts: { mode?: number; recursive?: boolean; uid?: number; gid?: number } = {}): Promise<string | undefined> {
+    return this.w('mkdir').mkdir(path, opts);
+  }
+  /** Creates an empty file (mode default 0644) or, with `node`, a FIFO, socket or device. */
+  mknod(path: string, opts: { node?: NodeSpec; mode?: number; uid?: number; gid?: number } = {}): Promise<void> {
+    return this.w('mknod').mknod(path, opts);
+  }
+  symlink(target: string | Uint8Array, path: string, opts: { uid?: number; gid?: number } = {}): Promise<void> {
+    return this.w('symlink').symlink(target, path, opts);
+  }
+  link(existing: string, newPath: string): Promise<void> {
+    return this.w('link').link(existing, newPath);
+  }
+  unlink(path: string): Promise<void> {
+    return this.w('unlink').unlink(path);
+  }
+  rmdir(path: string): Promise<void> {
+    return this.w('rmdir').rmdir(path);
+  }
+  rm(path: string, opts: { recursive?: boolean; force?: boolean } = {}): Promise<void> {
+    return this.w('rm').rm(path, opts);
+  }
+  rename(from: string, to: string): Promise<void> {
+    return this.w('rename').rename(from, to);
+  }
+  chmod(path: string, mode: number): Promise<void> {
+    return this.w('chmod').chmod(path, mode);
+  }
+  /** chown (follows a final symlink unless `follow` is false, like lchown); -1 keeps an id. */
+  chown(path: string, uid: number, gid: number, follow = true): Promise<void> {
+    return this.w('chown').chown(path, uid, gid, follow);
+  }
+  /** utimes with nanosecond precision ({sec, nsec}), seconds, or Dates; undefined keeps one. */
+  utimes(path: string, atime: TimeArg | undefined, mtime: TimeArg | undefined, follow = true): Promise<void> {
+    return this.w('utimes').utimes(path, atime, mtime, follow);
+  }
+  truncate(path: string, size: number): Promise<void> {
+    return this.w('truncate').truncate(path, size);
+  }
+  setxattr(path: string, name: string, value: Uint8Array | string, flags: { create?: boolean; replace?: boolean } = {}): Promise<void> {
+    return this.w('setxattr').setxattr(path, name, value, flags);
+  }
+  removexattr(path: string, name: string): Promise<void> {
+    return this.w('removexattr').removexattr(path, name);
+  }
+  /** Writes every change to the image and flushes it (the image stays open). */
+  async sync(): Promise<void> {
+    if (this.wops !== undefined) await this.wops.sync();
+  }
+
+  /** Unmounts: writes everything back (read-write), releases the device. */
   async close(): Promise<void> {
-    await this.sup.close();
+    if (this.wops !== undefined) await this.wops.run(() => this.sup.close());
+    else await this.sup.close();
   }
 }
 
@@ -274,7 +359,7 @@ function isDotOrDotDot(e: DirEntry): boolean {
 /** A read-only open file, like node's FileHandle. */
 export class FileHandle {
   private closed = false;
-  constructor(private readonly fs: Ext4, readonly info: InodeInfo) {}
+  constructor(private readonly fs: Ext4, readonly info: InodeInfo, private readonly onClose?: () => Promise<void>) {}
   /** Reads up to `length` bytes at `position` into `buffer` at `offset`. */
   async read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number; buffer: Uint8Array }> {
     if (this.closed) throw new PosixError('EBADF', 'read');
@@ -287,7 +372,9 @@ export class FileHandle {
     return this.fs.statIno(this.info.ino);
   }
   async close(): Promise<void> {
+    if (this.closed) return;
     this.closed = true;
+    if (this.onClose !== undefined) await this.onClose();
   }
 }
 

@@ -9,6 +9,7 @@ import { isExt4Error, Ext4Bug } from '../index.js';
 import { registerReadCommands, registerGet } from './read-commands.js';
 import { registerDemo } from './demo.js';
 import { registerMkfs } from './mkfs-command.js';
+import { registerWriteCommands } from './write-commands.js';
 
 const program = new Command();
 program
@@ -22,6 +23,7 @@ registerReadCommands(program);
 registerGet(program);
 registerDemo(program);
 registerMkfs(program);
+registerWriteCommands(program);
 
 try {
   await program.parseAsync(process.argv);

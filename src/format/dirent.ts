@@ -314,3 +314,132 @@ export function parseDirBlock(block: Uint8Array, ctx: DirParseCtx): DirEntryRaw[
   }
   return parseDirArea(block.subarray(0, dirTailOffset(block.length)), ctx, block.length);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Leaf-block editing for the directory write path (fs/ext4/namei.c: ext4_find_dest_de,
+// ext4_insert_dentry, ext4_generic_delete_entry, dx_move_dirents/dx_pack_dirents,
+// ext4_init_dot_dotdot). Callers pass areas that parseDirArea accepted; the asserts catch
+// callers that break the chain.
+// ---------------------------------------------------------------------------------------------
+
+/** A live entry to write: inode, name bytes and EXT4_FT_* (0 without `filetype`). */
+export interface DirEntryInput {
+  ino: number;
+  name: Uint8Array;
+  fileType: number;
+}
+
+/** Offset of the '..' entry in a block that starts with '.' (rec_len 12) as the kernel lays it out. */
+export const DOTDOT_OFFSET = dirEntryMinRecLen(1);
+
+/**
+ * ext4_find_dest_de's space test: the offset of the first entry of `area` (a block minus its
+ * tail) that can take an entry needing `recLen` bytes — an unused entry whose rec_len is at
+ * least that, or a live one whose slack (rec_len minus its own minimal length) is. Returns -1
+ * when none can. The area must have passed parseDirArea (the walk trusts every rec_len).
+ */
+export function findDirSlot(area: Uint8Array, recLen: number, blockSize: number): number {
+  let off = 0;
+  // Each step advances by a rec_len >= 12 that parseDirArea checked: bounded by the area size.
+  while (off < area.length) {
+    const h = readDirEntry(area, off, blockSize);
+    assert(h.recLen >= dirEntryMinRecLen(1) && off + h.recLen <= area.length, () => `findDirSlot: bad rec_len ${h.recLen} at ${off}`);
+    const free = h.ino !== 0 ? h.recLen - dirEntryMinRecLen(h.nameLen) : h.recLen;
+    if (free >= recLen) return off;
+    off += h.recLen;
+  }
+  return -1;
+}
+
+/**
+ * ext4_insert_dentry: writes `e` into the slot at `offset` that findDirSlot returned. A live
+ * entry there is cut to its minimal rec_len and the new entry takes the rest; an unused entry
+ * is taken whole (rec_len unchanged). Returns the new entry's offset.
+ */
+export function insertDirEntry(block: Uint8Array, offset: number, e: DirEntryInput, blockSize = block.length): number {
+  const h = readDirEntry(block, offset, blockSize);
+  let at = offset;
+  let recLen = h.recLen;
+  if (h.ino !== 0) {
+    const nlen = dirEntryMinRecLen(h.nameLen);
+    assert(h.recLen - nlen >= dirEntryMinRecLen(e.name.length), () => `insertDirEntry: no room after the entry at ${offset}`);
+    setDirEntryRecLen(block, offset, nlen, blockSize);
+    at = offset + nlen;
+    recLen = h.recLen - nlen;
+  }
+  assert(recLen >= dirEntryMinRecLen(e.name.length), () => `insertDirEntry: unused entry at ${offset} too small`);
+  writeDirEntry(block, at, { ino: e.ino, recLen, name: e.name, fileType: e.fileType }, blockSize);
+  return at;
+}
+
+/**
+ * ext4_generic_delete_entry: removes the live entry at `offset` of `area` (a block minus its
+ * tail). It is merged into the entry before it in the chain, whose rec_len grows over it, and
+ * its bytes are wiped; the first entry of the area instead becomes unused (inode 0) with its
+ * name_len, file_type and name wiped and its rec_len kept.
+ */
+export function deleteDirEntry(area: Uint8Array, offset: number, blockSize: number): void {
+  let prev = -1;
+  let off = 0;
+  // Bounded like findDirSlot: every step advances by a checked rec_len.
+  while (off < offset) {
+    const h = readDirEntry(area, off, blockSize);
+    assert(h.recLen >= dirEntryMinRecLen(1), () => `deleteDirEntry: bad rec_len ${h.recLen} at ${off}`);
+    prev = off;
+    off += h.recLen;
+  }
+  assert(off === offset, () => `deleteDirEntry: no entry starts at ${offset}`);
+  const h = readDirEntry(area, offset, blockSize);
+  assert(h.ino !== 0, () => `deleteDirEntry: entry at ${offset} is not live`);
+  if (prev >= 0) {
+    setDirEntryRecLen(area, prev, readDirEntry(area, prev, blockSize).recLen + h.recLen, blockSize);
+    area.fill(0, offset, offset + h.recLen);
+  } else {
+    const d = new DirEntry2(area, offset);
+    d.inode = 0;
+    area.fill(0, offset + DirEntry2.offsetOf('name_len'), offset + h.recLen);
+  }
+}
+
+/** Changes the file_type of the entry at `offset` (rename onto an existing name). */
+export function setDirEntryFileType(block: Uint8Array, offset: number, fileType: number): void {
+  assert(Number.isInteger(fileType) && fileType >= 0 && fileType < EXT4_FT_MAX, () => `file_type ${fileType}`);
+  new DirEntry2(block, offset).file_type = fileType;
+}
+
+/**
+ * Formats a leaf block from live entries, packed in the given order at their minimal rec_len,
+ * the last one spanning to the end of the entry area (the tail's start with `withTail`): what
+ * dx_move_dirents + dx_pack_dirents and do_split's rec_len fix-up leave. The rest of the block
+ * is zeroed. No entries gives an empty leaf (initDirBlock). Names must not alias `block`.
+ */
+export function buildDirLeaf(block: Uint8Array, entries: readonly DirEntryInput[], withTail: boolean): void {
+  const bs = block.length;
+  initDirBlock(block, withTail);
+  const end = withTail ? dirTailOffset(bs) : bs;
+  let off = 0;
+  entries.forEach((e, i) => {
+    const min = dirEntryMinRecLen(e.name.length);
+    const recLen = i === entries.length - 1 ? end - off : min;
+    assert(off + recLen <= end && recLen >= min, () => `buildDirLeaf: ${entries.length} entries overflow a ${bs}-byte block`);
+    writeDirEntry(block, off, { ino: e.ino, recLen, name: e.name, fileType: e.fileType }, bs);
+    off += recLen;
+  });
+}
+
+/**
+ * ext4_init_dot_dotdot + ext4_initialize_dirent_tail: block 0 of a new directory, '.' (rec_len
+ * 12) naming `dirIno` and '..' naming `parentIno` spanning the rest of the entry area, both
+ * with file type EXT4_FT_DIR when the filesystem has `filetype`; the tail (checksum 0) when
+ * `withTail`.
+ */
+export function initDirDotBlock(block: Uint8Array, dirIno: number, parentIno: number, hasFiletype: boolean, withTail: boolean): void {
+  const bs = block.length;
+  initDirBlock(block, withTail);
+  const ft = hasFiletype ? EXT4_FT_DIR : EXT4_FT_UNKNOWN;
+  const end = withTail ? dirTailOffset(bs) : bs;
+  writeDirEntry(block, 0, { ino: dirIno, recLen: DOTDOT_OFFSET, name: DOT_NAME, fileType: ft }, bs);
+  writeDirEntry(block, DOTDOT_OFFSET, { ino: parentIno, recLen: end - DOTDOT_OFFSET, name: DOTDOT_NAME, fileType: ft }, bs);
+}
+const DOT_NAME = new Uint8Array([0x2e]);
+const DOTDOT_NAME = new Uint8Array([0x2e, 0x2e]);

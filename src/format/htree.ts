@@ -338,3 +338,14 @@ export function setDxEntries(block: Uint8Array, entriesOff: number, entries: rea
   block.fill(0, entriesOff + entries.length * DX_ENTRY_SIZE, dxTailOffset(entriesOff, cl.limit));
   cl.count = entries.length;
 }
+
+/** Changes dx_root_info.indirect_levels (ext4_dx_add_entry adding an index level). */
+export function setDxRootIndirectLevels(block: Uint8Array, levels: number): void {
+  assert(Number.isInteger(levels) && levels >= 0 && levels < EXT4_HTREE_LEVEL, () => `indirect_levels ${levels}`);
+  new DxRootInfo(block, ROOT_INFO_OFF).indirect_levels = levels;
+}
+
+/** Changes the inode of dx_root's '..' entry (rename of a directory to a new parent). */
+export function setDxRootDotDotIno(block: Uint8Array, ino: number): void {
+  new DirEntry2(block, ROOT_DOTDOT_OFF).inode = ino;
+}

@@ -71,7 +71,7 @@ export async function* iterateDir(s: Ext4Super, info: InodeInfo): AsyncGenerator
     if (isDxBlock(s, b.data, lblk, indexed)) {
       if (lblk === 0) {
         // The root holds the real '.' and '..' entries in front of the index.
-        const root = parseDxRoot(b.data, { ...parseCtx(s, info, b.pblk), verifyCsum: !b.verified });
+        const root = parseDxRoot(b.data, { ...parseCtx(s, info, b.pblk), verifyCsum: !b.verified, largeDir: s.features.largeDir });
         yield root.dot;
         yield root.dotdot;
         b.setVerified();

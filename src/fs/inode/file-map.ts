@@ -9,6 +9,7 @@ import type { InodeInfo } from './inode.js';
 import { readExtentTree, mapInExtentList, type ExtentList, type Mapping } from '../extents/extent-read.js';
 import { mapIndirect } from './block-map.js';
 import { Corrupt } from '../../util/errors.js';
+import { assert } from '../../util/assert.js';
 
 /** Highest logical block + 1 an ext4 file can have (32-bit lblk). */
 export const MAX_LBLK = 0x1_0000_0000;
@@ -27,7 +28,7 @@ export class FileMap {
   /** Maps [lblk, lblk + maxLen) to its first run of one kind. */
   async map(lblk: number, maxLen: number): Promise<Mapping> {
     if (this.info.hasInlineData) return { kind: 'hole', lblk, len: maxLen };
-    if (this.info.hasExtents) return mapInExtentList(await this.extentList(), lblk, maxLen);
+    if (this.info.hasExtents) return mapInExtentList(this.extents ?? (await this.extentList()), lblk, maxLen);
     return mapIndirect(this.s, this.info, lblk, maxLen);
   }
 }
@@ -68,4 +69,40 @@ export async function readMappedRange(
     cur = runEnd;
   }
   return end - pos;
+}
+
+/**
+ * Hands the written data of a block-backed file to `sink`, in file order, without allocating
+ * per chunk: each mapped run (holes and unwritten extents are skipped; they read as zeros) is
+ * read into `scratch`, at most `scratch.length` bytes and one device request at a time, and
+ * `sink(pos, bytes)` gets a view of `scratch` that is valid only until the sink returns (or its
+ * promise settles). The last chunk stops at i_size. This is `dataRuns` + `readMappedRange`
+ * fused for bulk copies (extraction): one FileMap, so the extent tree is parsed once per file,
+ * and one map lookup per run. Holes are mapped in steps of up to 2^20 blocks, as dataRuns
+ * does, so a huge sparse file costs a few thousand lookups, not one per scratch buffer.
+ */
+export async function forEachDataChunk(
+  s: Ext4Super, fmap: FileMap, scratch: Uint8Array,
+  sink: (pos: number, data: Uint8Array) => void | Promise<void>,
+): Promise<void> {
+  assert(!fmap.info.hasInlineData, () => `inode ${fmap.info.ino}: forEachDataChunk on inline data`);
+  const size = fmap.info.size;
+  if (size === 0) return;
+  const bs = s.blockSize;
+  const chunkBlocks = Math.floor(Math.min(scratch.length, s.dev.maxRequestBytes) / bs);
+  assert(chunkBlocks >= 1, () => `scratch buffer of ${scratch.length} bytes holds no ${bs}-byte block`);
+  const lastBlock = Math.ceil(size / bs);
+  for (let lblk = 0; lblk < lastBlock; ) {
+    const m = await fmap.map(lblk, Math.min(lastBlock - lblk, 1 << 20));
+    if (m.kind === 'mapped') {
+      for (let done = 0; done < m.len; done += chunkBlocks) {
+        const n = Math.min(chunkBlocks, m.len - done);
+        const pos = (lblk + done) * bs;
+        await s.readBlocks(m.pblk + done, n, scratch);
+        const r = sink(pos, scratch.subarray(0, Math.min(size, pos + n * bs) - pos));
+        if (r !== undefined) await r;
+      }
+    }
+    lblk += m.len;
+  }
 }

@@ -1,0 +1,207 @@
+/**
+ * Namespace edge cases with real oracles: kernel-populated fixture images modified by ext4ts
+ * (half the files deleted, directories renamed, files truncated) stay clean under e2fsck and the
+ * kernel; ENOSPC and out-of-inodes leave a clean filesystem; an inode unlinked while open is on
+ * the orphan list and is reclaimed by the next read-write mount (ours and the kernel's); the
+ * superblock says "not clean" while a read-write mount is open.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, mkdirSync, copyFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ext4, PosixError } from '../../src/index.js';
+import { SuperBlock } from '../../src/format/superblock.js';
+import { loadFixture, canLoopMount } from '../helpers/fixtures.js';
+import { describeExt4, describeMount, type Described } from '../helpers/model-fs.js';
+
+const work = mkdtempSync(join(tmpdir(), 'ext4ts-nsedge-'));
+process.on('exit', () => rmSync(work, { recursive: true, force: true }));
+const loop = canLoopMount();
+
+function e2fsck(img: string): { status: number | null; out: string } {
+  const r = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' });
+  return { status: r.status, out: r.stdout + r.stderr };
+}
+
+function assertClean(img: string): void {
+  const r = e2fsck(img);
+  const noise = r.out.split('\n').filter((l) => l !== '' && !/^Pass \d|^e2fsck \d|^[^:]+: \d+\/\d+ files/.test(l));
+  assert.equal(r.status, 0, r.out);
+  assert.deepEqual(noise, [], r.out);
+}
+
+function kernelView(img: string, name: string): Described[] | undefined {
+  if (!loop.ok) return undefined;
+  const mnt = join(work, `mnt-${name}`);
+  mkdirSync(mnt, { recursive: true });
+  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
+  try {
+    return describeMount(mnt);
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+}
+
+function superOf(img: string) {
+  return new SuperBlock(Uint8Array.from(readFileSync(img).subarray(1024, 2048)), 0);
+}
+
+/** Compares two views entry by entry, reporting the first difference briefly. */
+function assertSameView(kern: Described[], ours: Described[]): void {
+  const k = new Map(kern.map((d) => [d.path, d]));
+  const o = new Map(ours.map((d) => [d.path, d]));
+  const onlyK = [...k.keys()].filter((p) => !o.has(p));
+  const onlyO = [...o.keys()].filter((p) => !k.has(p));
+  assert.deepEqual({ onlyKernel: onlyK.slice(0, 10), onlyExt4ts: onlyO.slice(0, 10) }, { onlyKernel: [], onlyExt4ts: [] });
+  for (const [p, d] of k) assert.deepEqual(o.get(p), d, `${p}: ext4ts vs kernel`);
+}
+
+function strip(d: Described[]): Described[] {
+  return d.map(({ mtimeSec: _m, ...rest }) => rest);
+}
+
+for (const name of ['ext4-4k', 'ext4-1k', 'ext4-2k', 'features']) {
+  test(`kernel-made ${name} modified by ext4ts (delete half, rename dirs, truncate) stays clean for e2fsck and the kernel`, async (t) => {
+    const fx = await loadFixture(name);
+    const img = join(work, `${name}.img`);
+    copyFileSync(fx.imagePath, img);
+    await fx.cleanup();
+    const fs = await Ext4.open(img, { readOnly: false });
+    const all = (await describeExt4(fs)).filter((d) => d.path !== '/');
+    let deleted = 0;
+    let renamed = 0;
+    let truncated = 0;
+    let i = 0;
+    for (const d of all) {
+      i++;
+      try {
+        await fs.lstat(d.path);
+      } catch {
+        continue; // under a directory renamed or removed earlier
+      }
+      if (d.type === 'dir') {
+        if (i % 3 === 0) {
+          await fs.rename(d.path, `${d.path}-renamed`);
+          renamed++;
+        }
+      } else if (i % 2 === 0) {
+        await fs.unlink(d.path);
+        deleted++;
+      } else if (d.type === 'file' && (d.size ?? 0) > 0 && i % 5 === 1) {
+        await fs.truncate(d.path, Math.floor((d.size ?? 0) / 3));
+        truncated++;
+      }
+    }
+    await fs.close();
+    assertClean(img);
+    const ro = await Ext4.open(img);
+    const ours = await describeExt4(ro);
+    await ro.close();
+    const kern = kernelView(img, name);
+    if (kern !== undefined) assertSameView(strip(kern), strip(ours));
+    else t.diagnostic(`kernel comparison skipped: ${loop.reason}`);
+    t.diagnostic(`${deleted} unlinked, ${renamed} directories renamed, ${truncated} truncated; ${ours.length} entries remain`);
+  });
+}
+
+test('ENOSPC: filling the image with directories and long symlinks ends in ENOSPC and stays clean', async (t) => {
+  const img = join(work, 'full.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '1024', '-N', '4096', img, '4M'], { stdio: 'pipe' });
+  const fs = await Ext4.open(img, { readOnly: false });
+  let made = 0;
+  let err: unknown;
+  try {
+    for (let i = 0; i < 100000; i++) {
+      await fs.mkdir(`/d${i}`);
+      await fs.symlink('x'.repeat(200), `/d${i}/l`);
+      made++;
+    }
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err instanceof PosixError, String(err));
+  assert.equal(err.code, 'ENOSPC');
+  // The filesystem still works after ENOSPC: removing makes room again.
+  await fs.rm('/d0', { recursive: true });
+  await fs.mkdir('/after-enospc');
+  await fs.close();
+  assertClean(img);
+  t.diagnostic(`${made} directories with symlinks before ENOSPC`);
+});
+
+test('out of inodes: ENOSPC from inode allocation, clean afterwards', async (t) => {
+  const img = join(work, 'noinodes.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '4096', '-N', '64', img, '16M'], { stdio: 'pipe' });
+  const fs = await Ext4.open(img, { readOnly: false });
+  let made = 0;
+  let err: unknown;
+  try {
+    for (let i = 0; i < 1000; i++) {
+      await fs.mknod(`/f${i}`);
+      made++;
+    }
+  } catch (e) {
+    err = e;
+  }
+  assert.ok(err instanceof PosixError && err.code === 'ENOSPC', String(err));
+  await fs.close();
+  assertClean(img);
+  t.diagnostic(`${made} files before running out of inodes`);
+});
+
+test('orphans: an inode unlinked while open is released at close, or by the next mount after a crash (ours and the kernel\'s)', async () => {
+  const img = join(work, 'orphan.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-b', '1024', img, '16M'], { stdio: 'pipe' });
+  // 1. Normal: unlink while open, close the handle: the inode goes at the last close.
+  let fs = await Ext4.open(img, { readOnly: false });
+  await fs.mknod('/f');
+  await fs.truncate('/f', 100000);
+  const h = await fs.open('/f');
+  await fs.unlink('/f');
+  assert.equal((await h.stat()).nlink, 0);
+  await h.close();
+  await fs.close();
+  assertClean(img);
+  // 2. Crash: unlink while open, sync, never close. The chain is on disk.
+  fs = await Ext4.open(img, { readOnly: false });
+  await fs.mknod('/g');
+  await fs.symlink('y'.repeat(300), '/g-link');
+  const h2 = await fs.open('/g');
+  await fs.unlink('/g');
+  await fs.sync();
+  const crashed = join(work, 'orphan-crashed.img');
+  copyFileSync(img, crashed);
+  await h2.close();
+  await fs.close();
+  const sb = superOf(crashed);
+  assert.notEqual(sb.s_last_orphan, 0, 's_last_orphan is set in the crashed image');
+  assert.equal(sb.s_state & 1, 0, 'the crashed image is marked not clean');
+  // Our next read-write mount releases it.
+  const ours = join(work, 'orphan-ours.img');
+  copyFileSync(crashed, ours);
+  fs = await Ext4.open(ours, { readOnly: false });
+  await fs.close();
+  assertClean(ours);
+  // So does the kernel's.
+  if (loop.ok) {
+    const mnt = join(work, 'mnt-orphan');
+    mkdirSync(mnt, { recursive: true });
+    execFileSync('mount', ['-o', 'loop', crashed, mnt]);
+    execFileSync('umount', [mnt]);
+    assertClean(crashed);
+  }
+});
+
+test('a read-write mount marks the superblock not clean until close', async () => {
+  const img = join(work, 'state.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', img, '8M'], { stdio: 'pipe' });
+  const fs = await Ext4.open(img, { readOnly: false });
+  await fs.mkdir('/x');
+  await fs.sync();
+  assert.equal(superOf(img).s_state & 1, 0, 'VALID_FS cleared while mounted');
+  await fs.close();
+  assert.equal(superOf(img).s_state & 1, 1, 'VALID_FS set by close');
+  assertClean(img);
+});
