@@ -19,6 +19,12 @@
  * Host-side calls are synchronous on purpose: extraction is a bulk job of many tiny syscalls,
  * and a thread-pool hop per call cost 20x more than the calls themselves (measured with strace:
  * 90k futex waits for 2,000 files). Owner, mode and times are set through the open fd.
+ *
+ * Data is copied through one reusable 64 KiB buffer, one device request per chunk: FileDevice
+ * serves such reads with a synchronous pread (see its module comment), so a file costs no
+ * thread-pool hop and no allocation. Measured on a 20,000-file tree: bounded concurrency of file
+ * copies (with 1 MiB async reads) was slower than this, so the walk stays one entry at a time
+ * and every check below keeps its sequential meaning.
  */
 import { lstat } from 'node:fs/promises';
 import {
@@ -29,8 +35,9 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { dirname, join, posix } from 'node:path';
 import type { Ext4 } from './ext4.js';
-import { dataRuns } from './ext4.js';
-import type { InodeInfo } from '../fs/inode/inode.js';
+import { readInode, type InodeInfo } from '../fs/inode/inode.js';
+import { FileMap, forEachDataChunk } from '../fs/inode/file-map.js';
+import { iterateDir } from '../fs/dir/dir.js';
 import { decodeRdev } from '../format/inode.js';
 import { PosixError } from '../util/errors.js';
 import { decodeName, decodeUtf8Strict } from '../util/bytes.js';
@@ -72,6 +79,13 @@ export class ExtractRefused extends PosixError {
   }
 }
 
+/**
+ * Bytes copied per read and write. 64 KiB keeps each read under FileDevice's synchronous limit
+ * (so large files cost no thread-pool hops either) and inside the CPU cache; a 1 MiB buffer,
+ * read asynchronously, made a 20,000-file extraction about 7% slower.
+ */
+const COPY_CHUNK_BYTES = 1 << 16;
+
 /** The largest size ext4 can address at this block size (2^32 blocks). */
 function maxFileBytes(blockSize: number): number {
   return 2 ** 32 * blockSize;
@@ -103,6 +117,15 @@ export function symlinkStaysInside(dirInImage: string, target: string): boolean 
   return true;
 }
 
+/**
+ * posix.join(dirInImage, name) for a name badName() accepted, without re-normalising: the
+ * directory path is normalised already (the root went through posix.normalize, every other is
+ * a result of this function) and the name is one clean component.
+ */
+function childImagePath(dirInImage: string, name: string): string {
+  return dirInImage.endsWith('/') ? dirInImage + name : `${dirInImage}/${name}`;
+}
+
 class Extractor {
   readonly summary: ExtractSummary = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0, skipped: [] };
   private readonly linked = new Map<number, string>();
@@ -110,8 +133,10 @@ class Extractor {
   private readonly dirTimes: { host: string; info: InodeInfo }[] = [];
   private readonly asRoot = process.getuid?.() === 0;
   private readonly owners: boolean;
+  /** The one buffer every file copy reads into (copies run one at a time). */
+  private readonly scratch = new Uint8Array(COPY_CHUNK_BYTES);
 
-  constructor(private readonly fs: Ext4, private readonly opts: ExtractOptions) {
+  constructor(private readonly fs: Ext4, private readonly opts: ExtractOptions, private readonly rootHost: string) {
     this.owners = opts.preserveOwners ?? this.asRoot;
   }
 
@@ -149,30 +174,39 @@ class Extractor {
     this.summary.dirs++;
     const used = new Set<string>();
     let index = 0;
-    for await (const e of this.fs.entriesOfIno(info.ino)) {
+    for await (const e of iterateDir(this.fs.sup, info)) {
       const text = decodeName(e.name);
-      const child = posix.join(imgPath, text);
       // '.' and '..' belong in the first two slots only; they are never extracted.
       const pos = index++;
       if (pos === 0 && e.name.length === 1 && e.name[0] === 0x2e) {
-        if (e.ino !== info.ino) this.skip(child, "'.' does not point at its directory");
+        if (e.ino !== info.ino) this.skip(posix.join(imgPath, text), "'.' does not point at its directory");
         continue;
       }
       if (pos === 1 && e.name.length === 2 && e.name[0] === 0x2e && e.name[1] === 0x2e) continue;
       const why = badName(e.name);
-      if (why !== undefined) { this.skip(child, why); continue; }
+      if (why !== undefined) { this.skip(posix.join(imgPath, text), why); continue; }
+      const child = childImagePath(imgPath, text);
       if (used.has(text)) { this.skip(child, 'a second entry with the same name in one directory'); continue; }
       used.add(text);
       let ci: InodeInfo;
       try {
-        ci = await this.fs.inode(e.ino);
+        ci = await readInode(this.fs.sup, e.ino);
       } catch (err) {
         this.skip(child, `cannot read inode ${e.ino}: ${(err as Error).message}`);
         continue;
       }
-      await this.entry(ci, child, join(host, text));
+      await this.entry(ci, child, this.childHost(host, text));
     }
     this.dirTimes.push({ host, info });
+  }
+
+  /**
+   * Host path of a child: `host` joined with a validated name. Below the top level `host` is
+   * itself a join() result (normalised, no trailing '/'), and the name has no '/', is not empty,
+   * '.' or '..', so plain concatenation gives what join() would, without re-normalising.
+   */
+  private childHost(host: string, name: string): string {
+    return host === this.rootHost ? join(host, name) : `${host}/${name}`;
   }
 
   private async file(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
@@ -183,15 +217,14 @@ class Extractor {
     const fd = openSync(host, C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
     try {
       let end = 0;
-      for await (const run of dataRuns(this.fs, info)) {
-        for (let off = 0; off < run.len; off += 1 << 22) {
-          const n = Math.min(1 << 22, run.len - off);
-          const data = await this.fs.readRange(info, run.pos + off, n);
-          for (let w = 0; w < data.length; ) w += writeSync(fd, data, w, data.length - w, run.pos + off + w);
-          this.summary.bytes += data.length;
-          end = run.pos + off + data.length;
-        }
-      }
+      // The data comes in file order and `data` is only valid during the call: write it now.
+      const sink = (pos: number, data: Uint8Array): void => {
+        for (let w = 0; w < data.length; ) w += writeSync(fd, data, w, data.length - w, pos + w);
+        this.summary.bytes += data.length;
+        end = pos + data.length;
+      };
+      if (info.hasInlineData) sink(0, await this.fs.readRange(info, 0, info.size));
+      else await forEachDataChunk(this.fs.sup, new FileMap(this.fs.sup, info), this.scratch, sink);
       // A trailing hole (or a file of holes only) still needs its size.
       if (end < info.size) ftruncateSync(fd, info.size);
       this.setAttrsFd(fd, info);
@@ -246,7 +279,7 @@ class Extractor {
     fchmodSync(fd, info.perm);
     const a = info.time('atime');
     const m = info.time('mtime');
-    futimesSync(fd, a.sec + a.nsec / 1e9, m.sec + m.nsec / 1e9);
+    futimesSync(fd, hostTime(a), hostTime(m));
   }
 
   /** Owner, mode and times by path, never following a symlink. */
@@ -255,7 +288,7 @@ class Extractor {
     if (!isLink) chmodSync(host, info.perm);
     const a = info.time('atime');
     const m = info.time('mtime');
-    lutimesSync(host, a.sec + a.nsec / 1e9, m.sec + m.nsec / 1e9);
+    lutimesSync(host, hostTime(a), hostTime(m));
   }
 
   /**
@@ -268,7 +301,7 @@ class Extractor {
       chmodSync(host, info.perm);
       const a = info.time('atime');
       const m = info.time('mtime');
-      utimesSync(host, a.sec + a.nsec / 1e9, m.sec + m.nsec / 1e9);
+      utimesSync(host, hostTime(a), hostTime(m));
     }
   }
 }
@@ -287,8 +320,16 @@ export async function extract(fs: Ext4, path: string, hostDest: string, opts: Ex
   const parent = await lstat(dirname(hostDest)).catch(() => undefined);
   if (parent === undefined || !parent.isDirectory()) throw new PosixError('ENOENT', 'extract', dirname(hostDest), 'destination parent is not a directory');
   const info = await resolvePath(fs.sup, path, false, 'lstat');
-  const x = new Extractor(fs, opts);
+  const x = new Extractor(fs, opts, hostDest);
   await x.entry(info, posix.normalize('/' + path), hostDest);
   await x.finishDirs();
   return x.summary;
+}
+
+/**
+ * A time for node's utimes family. As a string, because node turns a negative number into
+ * "now" (a legacy rule), which would move every pre-1970 time to the extraction moment.
+ */
+function hostTime(t: { sec: number; nsec: number }): string {
+  return String(t.sec + t.nsec / 1e9);
 }

@@ -78,15 +78,17 @@ export function defineStruct<const F extends FieldTable>(
 ): StructClass<F> {
   checkTable(name, size, fields);
   class View {
-    readonly bytes: Uint8Array;
-    readonly base: number;
-    protected readonly dv: DataView;
+    // `declare`: no field initializers, so a view costs three stores (views are made per
+    // directory entry and index entry on hot paths).
+    declare readonly bytes: Uint8Array;
+    declare readonly base: number;
+    declare protected readonly dv: DataView;
     constructor(bytes: Uint8Array, base = 0) {
       assert(base >= 0 && base + size <= bytes.length, () =>
         `${name} view at ${base} (+${size}) outside a buffer of ${bytes.length} bytes`);
       this.bytes = bytes;
       this.base = base;
-      this.dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      this.dv = dataViewOf(bytes);
     }
     static readonly SIZE = size;
     static readonly STRUCT_NAME = name;
@@ -105,6 +107,17 @@ export function defineStruct<const F extends FieldTable>(
 }
 
 type Self = { dv: DataView; base: number; bytes: Uint8Array };
+
+/** One DataView per byte array, shared by every view over it. */
+const dataViews = new WeakMap<Uint8Array, DataView>();
+function dataViewOf(bytes: Uint8Array): DataView {
+  let dv = dataViews.get(bytes);
+  if (dv === undefined) {
+    dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    dataViews.set(bytes, dv);
+  }
+  return dv;
+}
 
 function accessor(f: FieldDef): PropertyDescriptor {
   const off = f.off;

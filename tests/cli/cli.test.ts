@@ -112,3 +112,21 @@ test('ext4ts demo without e2fsprogs: falls back to the bundled kernel-made image
   assert.match(out, /using the bundled kernel-made image samples\/sample\.img\.gz/);
   assert.match(out, /Read back: all \d+ files are byte-identical to the sample tree\./);
 });
+
+test('ext4ts get keeps timestamps before 1970 and after 2038 (node turns negative numbers into "now")', async () => {
+  const { loadFixture } = await import('../helpers/fixtures.js');
+  const fx = await loadFixture('ext4-4k');
+  try {
+    const dest = join(work, 'times-out');
+    const r = ext4ts('get', '-q', fx.imagePath, '/times', dest);
+    assert.equal(r.code, 0, r.err);
+    for (const e of fx.manifest.entries.filter((x) => x.path.startsWith('/times/') && x.type === 'file')) {
+      const st = lstatSync(join(dest, e.path.slice('/times/'.length)), { bigint: true });
+      const sec = Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0);
+      // Node passes times as doubles, so a time 1 ns before a second boundary may round up.
+      assert.ok(Math.abs(sec - e.mtime.sec) <= 1, `${e.path} mtime ${sec}, want ${e.mtime.sec}`);
+    }
+  } finally {
+    await fx.cleanup();
+  }
+});

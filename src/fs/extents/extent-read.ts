@@ -28,6 +28,9 @@ export async function readExtentTree(s: Ext4Super, info: InodeInfo): Promise<Ext
   const rootDepth = new ExtentHeader(root, 0).eh_depth;
   const ctx = { ino: info.ino, blocksCount: s.blocksCount, firstDataBlock: s.firstDataBlock };
   const top = parseExtentNode(root, { ...ctx, block: undefined, expectDepth: rootDepth });
+  // A root without indexes (depth 0, all extents in the inode: most files) has nothing to
+  // walk, and parseExtentNode returned a fresh array, so it becomes the list as is.
+  if (top.indexes.length === 0) return { leaves: top.leaves, depth: top.depth, nodeBlocks: [] };
   const leaves: ExtentLeafEntry[] = [...top.leaves];
   const nodeBlocks: number[] = [];
   const seen = new Set<number>();

@@ -8,6 +8,7 @@ import type { Ext4Super } from '../super.js';
 import type { InodeInfo } from './inode.js';
 import { readExtentTree, mapInExtentList, type ExtentList, type Mapping } from '../extents/extent-read.js';
 import { mapIndirect } from './block-map.js';
+import { mapExtentPoint } from '../extents/extent-lookup.js';
 import { Corrupt } from '../../util/errors.js';
 import { assert } from '../../util/assert.js';
 
@@ -28,7 +29,11 @@ export class FileMap {
   /** Maps [lblk, lblk + maxLen) to its first run of one kind. */
   async map(lblk: number, maxLen: number): Promise<Mapping> {
     if (this.info.hasInlineData) return { kind: 'hole', lblk, len: maxLen };
-    if (this.info.hasExtents) return mapInExtentList(this.extents ?? (await this.extentList()), lblk, maxLen);
+    if (this.info.hasExtents) {
+      // One-block questions (directory blocks) walk one path instead of loading every leaf.
+      if (this.extents === undefined && maxLen === 1) return mapExtentPoint(this.s, this.info, lblk, maxLen);
+      return mapInExtentList(this.extents ?? (await this.extentList()), lblk, maxLen);
+    }
     return mapIndirect(this.s, this.info, lblk, maxLen);
   }
 }
