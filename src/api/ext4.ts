@@ -21,6 +21,7 @@ import { Ext4Error, PosixError } from '../util/errors.js';
 import { decodeName } from '../util/bytes.js';
 import { Stats, Dirent, fileTypeOfFt } from './stats.js';
 import { WriteOps, type TimeArg, type NodeSpec } from './write-ops.js';
+import { mkfs as mkfsImpl } from './mkfs.js';
 import type { ClockTime } from '../runtime/clock.js';
 
 export interface OpenOptions extends MountOptions {
@@ -82,6 +83,11 @@ export class Ext4 {
     private readonly journal: FsInfo['journal'],
     private readonly wops: WriteOps | undefined,
   ) {}
+
+  /** Creates a new filesystem on an image file or a BlockDevice (see `mkfs` in api/mkfs.ts). */
+  static mkfs(...args: Parameters<typeof mkfsImpl>): ReturnType<typeof mkfsImpl> {
+    return mkfsImpl(...args);
+  }
 
   /** Opens and mounts an image file or a BlockDevice (read-only unless told otherwise). */
   static async open(image: string | BlockDevice, opts: OpenOptions = {}): Promise<Ext4> {

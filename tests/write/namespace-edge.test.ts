@@ -205,3 +205,21 @@ test('a read-write mount marks the superblock not clean until close', async () =
   assert.equal(superOf(img).s_state & 1, 1, 'VALID_FS set by close');
   assertClean(img);
 });
+
+test('Ext4.mkfs on a MemDevice, then namespace operations on it, image clean for e2fsck', async () => {
+  const { MemDevice } = await import('../../src/blockdev/mem-device.js');
+  const { writeFileSync } = await import('node:fs');
+  const dev = new MemDevice(new Uint8Array(16 << 20));
+  await Ext4.mkfs(dev, { sizeBytes: 16 << 20, blockSize: 4096, label: 'mem' });
+  const fs = await Ext4.open(dev, { readOnly: false });
+  await fs.mkdir('/a/b', { recursive: true });
+  await fs.symlink('b', '/a/c');
+  await fs.close();
+  const img = join(work, 'mem.img');
+  writeFileSync(img, dev.data);
+  assertClean(img);
+  const ro = await Ext4.open(img);
+  assert.equal(ro.info().label, 'mem');
+  assert.deepEqual((await ro.readdir('/a')).sort(), ['b', 'c']);
+  await ro.close();
+});
