@@ -1,6 +1,9 @@
 /**
  * FileDevice: a BlockDevice over an image file (node:fs FileHandle). Several requests may be in
- * flight at once (node's thread pool runs them), so completions can arrive out of order. Short
+ * flight at once (node's thread pool runs them), so completions can arrive out of order.
+ * Callers must not rely on completion order (submitBio's endIo runs whenever each request ends);
+ * they must also not put two overlapping writes in flight together (the OS gives no order between
+ * them; SimDevice asserts this). Short
  * reads are retried until the buffer is full; a read past the end of the file is an IoError.
  *
  * Small reads (up to `syncReadMaxBytes`, 64 KiB by default) are served with a synchronous

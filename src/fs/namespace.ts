@@ -445,8 +445,11 @@ export class Namespace {
         const e = await new ExtentTree(s, info, getBalloc(s)).lookup(keep - 1);
         if (e !== undefined && !e.unwritten) {
           const pblk = e.pblk + (keep - 1 - e.lblk);
-          const off = size % bs;
-          await s.dev.write(pblk * bs + off, new Uint8Array(bs - off));
+          // Whole-block read-modify-write: devices take sector-aligned requests only.
+          const block = new Uint8Array(bs);
+          await s.readBlocks(pblk, 1, block);
+          block.fill(0, size % bs);
+          await s.dev.write(pblk * bs, block);
         }
       }
     }
