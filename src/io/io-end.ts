@@ -23,6 +23,7 @@
  * cannot reach release; 25 one predicate.
  */
 import { assert } from '../util/assert.js';
+import type { WorkQueue } from '../runtime/work-queue.js';
 
 /** A byte range of the file that an io_end must convert from unwritten to written. */
 export interface IoRange {
@@ -33,9 +34,7 @@ export interface IoRange {
 }
 
 /** Where deferred conversion runs: a work queue (process context), never a completion. */
-export interface WorkQueue {
-  queue(fn: () => Promise<void>): void;
-}
+export type { WorkQueue } from '../runtime/work-queue.js';
 
 /** A completed bio linked to an io_end whose completion is deferred until after conversion. */
 export interface DeferredBio {
@@ -79,7 +78,8 @@ export class InodeIo {
     this.completed.push(io);
     if (wasEmpty && !this.workQueued) {
       this.workQueued = true;
-      this.wq.queue(() => this.doWork());
+      // The worker's own failures are bugs (conversion errors are caught in endIo): let them surface.
+      this.wq.queue(() => void this.doWork());
     }
   }
 

@@ -11,14 +11,17 @@ import { Ext4Bug } from '../../../src/util/assert.js';
 
 /** A work queue whose tasks run only when the test says so (process context, later). */
 class ManualQueue implements WorkQueue {
-  readonly tasks: (() => Promise<void>)[] = [];
-  queue(fn: () => Promise<void>): void {
+  readonly tasks: (() => void)[] = [];
+  queue(fn: () => void): void {
     this.tasks.push(fn);
   }
+  /** Runs one task and lets its promise chain settle (the conversion is async). */
   async runOne(): Promise<boolean> {
     const t = this.tasks.shift();
     if (t === undefined) return false;
-    await t();
+    t();
+    // A macrotask turn: every promise callback of the (async) conversion has run by then.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     return true;
   }
 }
