@@ -25,6 +25,7 @@ for (let s = 1; s <= SEEDS; s++) {
   lanes.push({ name: `namespace-random seed ${5000 + s}`, filter: 'namespace-random', env: { RANDOM_SEED: String(5000 + s), RANDOM_OPS: String(OPS) } });
 }
 lanes.push({ name: `read fuzz ${FUZZ} cases`, filter: 'read-fuzz', env: { FUZZ_CASES: String(FUZZ) } });
+lanes.push({ name: 'write fuzz 20000 cases', filter: 'write-fuzz', env: { WRITE_FUZZ_CASES: '20000', WRITE_FUZZ_SEED: '99' } });
 
 let failed = 0;
 for (const lane of lanes) {

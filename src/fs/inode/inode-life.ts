@@ -143,7 +143,7 @@ export async function evictInode(s: Ext4Super, info: InodeInfo): Promise<void> {
   else info.view.i_block.fill(0);
   if (info.fileAcl !== 0) await releaseXattrBlock(s, info, getBalloc(s));
   setInodeSizeBytes(info.view, 0);
-  info.view.i_flags &= ~(EXT4_INLINE_DATA_FL);
+  info.view.i_flags = (info.view.i_flags & ~EXT4_INLINE_DATA_FL) >>> 0;
   if (info.hasExtents) ExtentTree.initRoot(info);
   const now = s.now();
   info.view.i_dtime = now.sec >>> 0;

@@ -141,7 +141,8 @@ export function addInodeBlocks(s: Ext4Super, info: InodeInfo, deltaBlocks: numbe
   const cur = v.l_i_blocks_high * 0x1_0000_0000 + v.i_blocks_lo;
   assert((v.i_flags & EXT4_HUGE_FILE_FL) === 0, () => `inode ${info.ino}: HUGE_FILE_FL i_blocks accounting`);
   const next = cur + deltaBlocks * (s.blockSize / 512);
-  assert(next >= 0, () => `inode ${info.ino}: i_blocks would go negative (${cur} + ${deltaBlocks} blocks)`);
+  // On-disk i_blocks smaller than what the inode owns is corruption, not our bug.
+  if (next < 0) throw new Corrupt('inode', `i_blocks ${cur} is smaller than the ${-deltaBlocks} block(s) being freed`, { ino: info.ino });
   const limit = s.features.hugeFile ? 2 ** 48 : 2 ** 32;
   if (next >= limit) throw new PosixError('EFBIG', 'write', undefined, `inode ${info.ino}: i_blocks ${next} exceeds ${limit - 1}`);
   v.i_blocks_lo = next % 0x1_0000_0000;
