@@ -29,7 +29,7 @@ function prng(seed: number): () => number {
   };
 }
 
-test(`write fuzz: ${CASES} corrupt images (seed ${SEED}) take namespace operations with success or a typed error, never a bug`, async (t) => {
+test(`write fuzz: ${CASES} corrupt images (seed ${SEED}) take namespace operations with success or a typed error, never a bug`, { timeout: 600_000 }, async (t) => {
   const images = IMAGES.map((n) => ({ n, bytes: gunzipSync(readFileSync(join(fixturesDir(), `${n}.img.gz`))) }));
   const rnd = prng(SEED);
   const outcomes: Record<string, number> = {};
