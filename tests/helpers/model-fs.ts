@@ -200,3 +200,37 @@ export function describeMount(mnt: string): Described[] {
 function unescapeGetfattr(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
 }
+
+/** "sec.nnnnnnnnn" for exact comparison of nanosecond times. */
+function ts(sec: bigint | number, nsec: bigint | number): string {
+  return `${sec}.${String(nsec).padStart(9, '0')}`;
+}
+
+/** atime/mtime/ctime of every path as ext4ts reads them, with nanoseconds. */
+export async function timesExt4(fs: Ext4, paths: readonly string[]): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const p of paths) {
+    const st = await fs.lstat(p);
+    out.set(p, `a ${ts(st.atimeSpec.sec, st.atimeSpec.nsec)} m ${ts(st.mtimeSpec.sec, st.mtimeSpec.nsec)} c ${ts(st.ctimeSpec.sec, st.ctimeSpec.nsec)}`);
+  }
+  return out;
+}
+
+/** The same through a kernel mount (lstat with bigint nanoseconds). */
+export function timesMount(mnt: string, paths: readonly string[]): Map<string, string> {
+  const out = new Map<string, string>();
+  const split = (ns: bigint): string => {
+    let sec = ns / 1_000_000_000n;
+    let rem = ns % 1_000_000_000n;
+    if (rem < 0n) {
+      rem += 1_000_000_000n;
+      sec -= 1n;
+    }
+    return ts(sec, rem);
+  };
+  for (const p of paths) {
+    const st = lstatSync(p === '/' ? mnt : join(mnt, p), { bigint: true });
+    out.set(p, `a ${split(st.atimeNs)} m ${split(st.mtimeNs)} c ${split(st.ctimeNs)}`);
+  }
+  return out;
+}

@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4, PosixError } from '../../src/index.js';
-import { ModelFs, describeExt4, describeMount, alignTo, type MNode } from '../helpers/model-fs.js';
+import { ModelFs, describeExt4, describeMount, alignTo, timesExt4, timesMount, type MNode } from '../helpers/model-fs.js';
 import { canLoopMount } from '../helpers/fixtures.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-nsrand-'));
@@ -294,6 +294,7 @@ VARIANTS.forEach((v, i) => {
     const want = run.model.describe();
     fs = await Ext4.open(img);
     const seen = await describeExt4(fs);
+    const ourTimes = await timesExt4(fs, want.map((d) => d.path));
     await fs.close();
     assert.deepEqual(alignTo(want, seen), want, `seed ${seed}: ext4ts view vs model`);
     if (loop.ok) {
@@ -303,6 +304,8 @@ VARIANTS.forEach((v, i) => {
       try {
         const kern = describeMount(mnt);
         assert.deepEqual(alignTo(want, kern), want, `seed ${seed}: kernel view vs model`);
+        // Every a/m/c time, to the nanosecond, as the kernel reads what we wrote.
+        assert.deepEqual(timesMount(mnt, want.map((d) => d.path)), ourTimes, `seed ${seed}: times, kernel vs ext4ts`);
       } finally {
         execFileSync('umount', [mnt]);
       }
