@@ -18,15 +18,23 @@ import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
 import { loadJournalInfo, type JournalInfo } from '../fs/journal.js';
 import { Ext4Error, PosixError } from '../util/errors.js';
+import { assert } from '../util/assert.js';
 import { decodeName } from '../util/bytes.js';
 import { Stats, Dirent, fileTypeOfFt } from './stats.js';
 import { WriteOps, type TimeArg, type NodeSpec } from './write-ops.js';
 import { mkfs as mkfsImpl } from './mkfs.js';
 import type { ClockTime } from '../runtime/clock.js';
+import { FileData } from '../io/file-data.js';
+import type { ErrCursor } from '../cache/address-space.js';
+import { iget } from '../fs/inode/icache.js';
 
 export interface OpenOptions extends MountOptions {
   /** Owner of inodes created through this mount (default root, 0:0: image builders make root-owned trees). */
   owner?: { uid: number; gid: number };
+  /** Page-cache page size for file data (4096, 16384 or 65536; default 4096). */
+  pageSizeBytes?: number;
+  /** Most segments per data bio (default 256). */
+  maxBioVecs?: number;
 }
 
 /** Largest file readFile() returns in one buffer (callers stream bigger ones with open()). */
@@ -82,6 +90,8 @@ export class Ext4 {
     readonly sup: Ext4Super,
     private readonly journal: FsInfo['journal'],
     private readonly wops: WriteOps | undefined,
+    /** The buffered data path of a read-write mount. */
+    readonly data: FileData | undefined = undefined,
   ) {}
 
   /** Creates a new filesystem on an image file or a BlockDevice (see `mkfs` in api/mkfs.ts). */
@@ -101,7 +111,10 @@ export class Ext4 {
         wops = new WriteOps(sup, opts.owner ?? { uid: 0, gid: 0 });
         await wops.mountRw();
       }
-      return new Ext4(sup, journal, wops);
+      const data = wops !== undefined
+        ? new FileData(sup, { pageSizeBytes: opts.pageSizeBytes, maxBioVecs: opts.maxBioVecs })
+        : undefined;
+      return new Ext4(sup, journal, wops, data);
     } catch (e) {
       if (typeof image === 'string') await dev.close();
       throw e;
@@ -195,6 +208,17 @@ export class Ext4 {
   async readFile(path: string): Promise<Uint8Array> {
     const info = await resolvePath(this.sup, path, true, 'open');
     if (info.type === 'dir') throw new PosixError('EISDIR', 'read', path);
+    const data = this.data;
+    const w = this.wops;
+    if (data !== undefined && w !== undefined && info.type === 'file' && data.has(info.ino)) {
+      // Written through this mount and maybe not on disk yet: read through the page cache.
+      return w.run(async () => {
+        const live = await iget(this.sup, info.ino);
+        const size = data.sizeOf(live);
+        if (size > READFILE_MAX_BYTES) throw new PosixError('EFBIG', 'read', path, `file of ${size} bytes is too large for one buffer; use open()`);
+        return data.read(live, 0, size);
+      });
+    }
     if (info.size > READFILE_MAX_BYTES) throw new PosixError('EFBIG', 'read', path, `file of ${info.size} bytes is too large for one buffer; use open()`);
     return this.readRange(info, 0, info.size);
   }
@@ -250,7 +274,8 @@ export class Ext4 {
     const w = this.wops;
     if (w === undefined) return new FileHandle(this, info);
     await w.run(async () => w.ns.pin(info.ino));
-    return new FileHandle(this, info, () => w.run(() => w.ns.unpin(info.ino)));
+    const live = info.type === 'file' ? await w.run(() => iget(this.sup, info.ino)) : info;
+    return new FileHandle(this, live, () => w.run(() => w.ns.unpin(info.ino)));
   }
 
   /** Loads an inode by number. */
@@ -303,16 +328,19 @@ export class Ext4 {
   link(existing: string, newPath: string): Promise<void> {
     return this.w('link').link(existing, newPath);
   }
-  unlink(path: string): Promise<void> {
+  async unlink(path: string): Promise<void> {
+    await this.dataBarrier();
     return this.w('unlink').unlink(path);
   }
   rmdir(path: string): Promise<void> {
     return this.w('rmdir').rmdir(path);
   }
-  rm(path: string, opts: { recursive?: boolean; force?: boolean } = {}): Promise<void> {
+  async rm(path: string, opts: { recursive?: boolean; force?: boolean } = {}): Promise<void> {
+    await this.dataBarrier();
     return this.w('rm').rm(path, opts);
   }
-  rename(from: string, to: string): Promise<void> {
+  async rename(from: string, to: string): Promise<void> {
+    await this.dataBarrier();
     return this.w('rename').rename(from, to);
   }
   chmod(path: string, mode: number): Promise<void> {
@@ -326,7 +354,8 @@ export class Ext4 {
   utimes(path: string, atime: TimeArg | undefined, mtime: TimeArg | undefined, follow = true): Promise<void> {
     return this.w('utimes').utimes(path, atime, mtime, follow);
   }
-  truncate(path: string, size: number): Promise<void> {
+  async truncate(path: string, size: number): Promise<void> {
+    await this.dataBarrier();
     return this.w('truncate').truncate(path, size);
   }
   setxattr(path: string, name: string, value: Uint8Array | string, flags: { create?: boolean; replace?: boolean } = {}): Promise<void> {
@@ -337,13 +366,80 @@ export class Ext4 {
   }
   /** Writes every change to the image and flushes it (the image stays open). */
   async sync(): Promise<void> {
-    if (this.wops !== undefined) await this.wops.sync();
+    const w = this.wops;
+    const data = this.data;
+    if (w === undefined) return;
+    if (data !== undefined) await w.run(() => data.flushAll());
+    await w.sync();
   }
 
-  /** Unmounts: writes everything back (read-write), releases the device. */
+  /** Unmounts: writes all dirty file data, then everything else back (read-write), releases the device. */
   async close(): Promise<void> {
-    if (this.wops !== undefined) await this.wops.run(() => this.sup.close());
-    else await this.sup.close();
+    const data = this.data;
+    if (this.wops !== undefined) {
+      await this.wops.run(async () => {
+        if (data !== undefined) await data.flushAll();
+        await this.sup.close();
+      });
+    } else await this.sup.close();
+  }
+
+  /**
+   * Metadata operations that free or move file blocks first write all cached data and drop the
+   * page cache, so no dirty page or stale mapping outlives them.
+   */
+  private async dataBarrier(): Promise<void> {
+    const w = this.wops;
+    const data = this.data;
+    if (w === undefined || data === undefined) return;
+    await w.run(async () => {
+      await data.flushAll();
+      data.dropCaches();
+    });
+  }
+
+  /** writeFile(): creates (mode default 0644) or truncates `path` and writes `data` into it. */
+  async writeFile(path: string, bytes: Uint8Array | string, opts: { mode?: number } = {}): Promise<void> {
+    const w = this.w('writeFile');
+    const data = this.data;
+    assert(data !== undefined, 'read-write mount without a data path');
+    const buf = typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes;
+    let exists = true;
+    try {
+      await resolvePath(this.sup, path, true, 'open');
+    } catch (e) {
+      if (!(e instanceof PosixError) || e.code !== 'ENOENT') throw e;
+      exists = false;
+    }
+    if (exists) await this.truncate(path, 0);
+    else await w.mknod(path, { mode: opts.mode ?? 0o644 });
+    await w.run(async () => {
+      const info = await iget(this.sup, (await resolvePath(this.sup, path, true, 'open')).ino);
+      if (info.type !== 'file') throw new PosixError('EISDIR', 'open', path);
+      await data.write(info, 0, buf);
+    });
+  }
+
+  /** @internal FileHandle.write. */
+  async writeInode(info: InodeInfo, pos: number, bytes: Uint8Array): Promise<number> {
+    const w = this.w('write');
+    const data = this.data;
+    assert(data !== undefined, 'read-write mount without a data path');
+    if (info.type !== 'file') throw new PosixError(info.type === 'dir' ? 'EISDIR' : 'EINVAL', 'write');
+    return w.run(() => data.write(info, pos, bytes));
+  }
+
+  /** @internal FileHandle.sync: fsync of one inode, reporting a write error once per cursor. */
+  async fsyncInode(info: InodeInfo, cursor: ErrCursor | undefined): Promise<void> {
+    const w = this.wops;
+    const data = this.data;
+    if (w === undefined || data === undefined || info.type !== 'file') return;
+    await w.run(() => data.fsync(info, cursor));
+  }
+
+  /** @internal An errseq cursor for a new FileHandle. */
+  errCursor(info: InodeInfo): ErrCursor | undefined {
+    return this.data !== undefined && info.type === 'file' ? this.data.openErrCursor(info) : undefined;
   }
 }
 
@@ -365,14 +461,33 @@ function isDotOrDotDot(e: DirEntry): boolean {
 /** A read-only open file, like node's FileHandle. */
 export class FileHandle {
   private closed = false;
-  constructor(private readonly fs: Ext4, readonly info: InodeInfo, private readonly onClose?: () => Promise<void>) {}
+  /** This open file's position in its mapping's write-error sequence. */
+  private cursor: ErrCursor | undefined;
+  constructor(private readonly fs: Ext4, readonly info: InodeInfo, private readonly onClose?: () => Promise<void>) {
+    this.cursor = fs.errCursor(info);
+  }
   /** Reads up to `length` bytes at `position` into `buffer` at `offset`. */
   async read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number; buffer: Uint8Array }> {
     if (this.closed) throw new PosixError('EBADF', 'read');
     if (this.info.type === 'dir') throw new PosixError('EISDIR', 'read');
-    const data = await this.fs.readRange(this.info, position, Math.min(length, buffer.length - offset));
+    const want = Math.min(length, buffer.length - offset);
+    const data = this.fs.data !== undefined && this.info.type === 'file'
+      ? await this.fs.data.read(this.info, position, want)
+      : await this.fs.readRange(this.info, position, want);
     buffer.set(data, offset);
     return { bytesRead: data.length, buffer };
+  }
+  /** Writes `length` bytes of `buffer` from `offset` at file position `position` (buffered). */
+  async write(buffer: Uint8Array, offset = 0, length = buffer.length - offset, position = 0): Promise<{ bytesWritten: number; buffer: Uint8Array }> {
+    if (this.closed) throw new PosixError('EBADF', 'write');
+    const n = await this.fs.writeInode(this.info, position, buffer.subarray(offset, offset + length));
+    return { bytesWritten: n, buffer };
+  }
+  /** fsync: writes this file's data and the metadata; a write error is reported once (EIO). */
+  async sync(): Promise<void> {
+    if (this.closed) throw new PosixError('EBADF', 'fsync');
+    this.cursor ??= this.fs.errCursor(this.info);
+    await this.fs.fsyncInode(this.info, this.cursor);
   }
   async stat(): Promise<Stats> {
     return this.fs.statIno(this.info.ino);
