@@ -17,14 +17,14 @@ import { listIndirectBlocks } from '../fs/inode/block-map.js';
 import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
 import { loadJournalInfo, type JournalInfo } from '../fs/journal.js';
-import { Ext4Error, PosixError } from '../util/errors.js';
+import { Ext4Error, PosixError, type ErrnoCode } from '../util/errors.js';
 import { assert } from '../util/assert.js';
 import { decodeName } from '../util/bytes.js';
 import { Stats, Dirent, fileTypeOfFt } from './stats.js';
 import { WriteOps, type TimeArg, type NodeSpec } from './write-ops.js';
 import { mkfs as mkfsImpl } from './mkfs.js';
 import type { ClockTime } from '../runtime/clock.js';
-import { FileData } from '../io/file-data.js';
+import { FileData, type FallocateMode, type DataStats } from '../io/file-data.js';
 import type { ErrCursor } from '../cache/address-space.js';
 import { iget } from '../fs/inode/icache.js';
 
@@ -35,6 +35,46 @@ export interface OpenOptions extends MountOptions {
   pageSizeBytes?: number;
   /** Most segments per data bio (default 256). */
   maxBioVecs?: number;
+  /** Dirty page-cache bytes that start writeback and throttle writers (default 64 MiB). */
+  dirtyLimitBytes?: number;
+  /** Page-cache bytes kept before clean pages are evicted (default 256 MiB). */
+  cacheLimitBytes?: number;
+}
+
+/** node:fs open flags. */
+export type OpenFlags = 'r' | 'r+' | 'w' | 'w+' | 'wx' | 'wx+' | 'a' | 'a+' | 'ax' | 'ax+';
+
+/** Options of Ext4.open(path, flags, options). */
+export interface FileOpenOptions {
+  /** Mode of a file the open creates (default 0644). */
+  mode?: number;
+}
+
+interface ParsedFlags {
+  read: boolean;
+  write: boolean;
+  create: boolean;
+  excl: boolean;
+  trunc: boolean;
+  append: boolean;
+}
+
+function parseOpenFlags(flags: string): ParsedFlags {
+  const table: Record<string, ParsedFlags> = {
+    r: { read: true, write: false, create: false, excl: false, trunc: false, append: false },
+    'r+': { read: true, write: true, create: false, excl: false, trunc: false, append: false },
+    w: { read: false, write: true, create: true, excl: false, trunc: true, append: false },
+    'w+': { read: true, write: true, create: true, excl: false, trunc: true, append: false },
+    wx: { read: false, write: true, create: true, excl: true, trunc: true, append: false },
+    'wx+': { read: true, write: true, create: true, excl: true, trunc: true, append: false },
+    a: { read: false, write: true, create: true, excl: false, trunc: false, append: true },
+    'a+': { read: true, write: true, create: true, excl: false, trunc: false, append: true },
+    ax: { read: false, write: true, create: true, excl: true, trunc: false, append: true },
+    'ax+': { read: true, write: true, create: true, excl: true, trunc: false, append: true },
+  };
+  const f = table[flags];
+  if (f === undefined) throw new PosixError('EINVAL', 'open', undefined, `unknown flags ${JSON.stringify(flags)}`);
+  return f;
 }
 
 /** Largest file readFile() returns in one buffer (callers stream bigger ones with open()). */
@@ -111,9 +151,13 @@ export class Ext4 {
         wops = new WriteOps(sup, opts.owner ?? { uid: 0, gid: 0 });
         await wops.mountRw();
       }
-      const data = wops !== undefined
-        ? new FileData(sup, { pageSizeBytes: opts.pageSizeBytes, maxBioVecs: opts.maxBioVecs })
-        : undefined;
+      let data: FileData | undefined;
+      if (wops !== undefined) {
+        const fd = new FileData(sup, { pageSizeBytes: opts.pageSizeBytes, maxBioVecs: opts.maxBioVecs, dirtyLimitBytes: opts.dirtyLimitBytes, cacheLimitBytes: opts.cacheLimitBytes });
+        data = fd;
+        // An inode whose last link and last open file went: its cached pages go, unwritten.
+        wops.ns.onEvict = (info) => fd.discard(info);
+      }
       return new Ext4(sup, journal, wops, data);
     } catch (e) {
       if (typeof image === 'string') await dev.close();
@@ -158,8 +202,11 @@ export class Ext4 {
     return this.statsOf(await readInode(this.sup, ino));
   }
 
-  private statsOf(info: InodeInfo): Stats {
+  private statsOf(disk: InodeInfo): Stats {
     const s = this.sup;
+    // A file with data in the page cache: its in-core inode has the current size and times.
+    const info = this.data?.liveInfo(disk.ino) ?? disk;
+    const size = this.data !== undefined && info.type === 'file' ? this.data.sizeOf(info) : info.size;
     let rdev = 0;
     if (info.type === 'chr' || info.type === 'blk') {
       const d = decodeRdev(info.iBlock);
@@ -167,7 +214,7 @@ export class Ext4 {
       if (d.minor > 0xff || d.major > 0xfff) rdev = ((d.minor & 0xff) | (d.major << 8) | ((d.minor & ~0xff) << 12)) >>> 0;
     }
     return new Stats(
-      info.ino, info.mode, info.linksCount, info.uid, info.gid, rdev, info.size, s.blockSize,
+      info.ino, info.mode, info.linksCount, info.uid, info.gid, rdev, size, s.blockSize,
       info.blocks512(s.features.hugeFile, s.blockSize), info.time('atime'), info.time('mtime'),
       info.time('ctime'), info.crtime, info.type,
     );
@@ -266,16 +313,42 @@ export class Ext4 {
   }
 
   /**
-   * Opens a file for reading. On a read-write mount the handle pins the inode: unlinking it
-   * while open defers its release to the handle's close (the orphan list covers a crash).
+   * Opens a file, like node's fsPromises.open: `flags` 'r' (default), 'r+', 'w', 'w+', 'wx',
+   * 'wx+', 'a', 'a+', 'ax', 'ax+'; `mode` (default 0644) for a file it creates. On a read-write
+   * mount the handle pins the inode: unlinking it while open defers its release to the last
+   * close (the orphan list covers a crash).
    */
-  async open(path: string): Promise<FileHandle> {
-    const info = await resolvePath(this.sup, path, true, 'open');
+  async open(path: string, flags: OpenFlags = 'r', modeOrOpts?: number | FileOpenOptions): Promise<FileHandle> {
+    const f = parseOpenFlags(flags);
+    const opts: FileOpenOptions = typeof modeOrOpts === 'number' ? { mode: modeOrOpts } : (modeOrOpts ?? {});
     const w = this.wops;
-    if (w === undefined) return new FileHandle(this, info);
-    await w.run(async () => w.ns.pin(info.ino));
-    const live = info.type === 'file' ? await w.run(() => iget(this.sup, info.ino)) : info;
-    return new FileHandle(this, live, () => w.run(() => w.ns.unpin(info.ino)));
+    if (w === undefined) {
+      if (f.write) throw new PosixError('EROFS', 'open', path, 'the image was opened read-only');
+      const info = await resolvePath(this.sup, path, true, 'open');
+      return new FileHandle(this, info, f);
+    }
+    let info: InodeInfo | undefined;
+    try {
+      info = await resolvePath(this.sup, path, true, 'open');
+    } catch (e) {
+      if (!(e instanceof PosixError) || e.code !== 'ENOENT' || !f.create) throw e;
+    }
+    if (info !== undefined && f.create && f.excl) throw new PosixError('EEXIST', 'open', path);
+    if (info === undefined) {
+      await w.mknod(path, { mode: opts.mode ?? 0o644 });
+      info = await resolvePath(this.sup, path, true, 'open');
+    }
+    if (info.type === 'dir' && f.write) throw new PosixError('EISDIR', 'open', path);
+    const ino = info.ino;
+    await w.run(async () => w.ns.pin(ino));
+    try {
+      const live = info.type === 'file' ? await w.run(() => iget(this.sup, ino)) : info;
+      if (f.trunc && live.type === 'file') await this.truncateInfo(live, 0);
+      return new FileHandle(this, live, f, () => w.run(() => w.ns.unpin(ino)));
+    } catch (e) {
+      await w.run(() => w.ns.unpin(ino));
+      throw e;
+    }
   }
 
   /** Loads an inode by number. */
@@ -328,19 +401,16 @@ export class Ext4 {
   link(existing: string, newPath: string): Promise<void> {
     return this.w('link').link(existing, newPath);
   }
-  async unlink(path: string): Promise<void> {
-    await this.dataBarrier();
+  unlink(path: string): Promise<void> {
     return this.w('unlink').unlink(path);
   }
   rmdir(path: string): Promise<void> {
     return this.w('rmdir').rmdir(path);
   }
-  async rm(path: string, opts: { recursive?: boolean; force?: boolean } = {}): Promise<void> {
-    await this.dataBarrier();
+  rm(path: string, opts: { recursive?: boolean; force?: boolean } = {}): Promise<void> {
     return this.w('rm').rm(path, opts);
   }
-  async rename(from: string, to: string): Promise<void> {
-    await this.dataBarrier();
+  rename(from: string, to: string): Promise<void> {
     return this.w('rename').rename(from, to);
   }
   chmod(path: string, mode: number): Promise<void> {
@@ -354,9 +424,64 @@ export class Ext4 {
   utimes(path: string, atime: TimeArg | undefined, mtime: TimeArg | undefined, follow = true): Promise<void> {
     return this.w('utimes').utimes(path, atime, mtime, follow);
   }
+  /** truncate(2): through the page cache (dirty data written first, pages past the end dropped). */
   async truncate(path: string, size: number): Promise<void> {
-    await this.dataBarrier();
-    return this.w('truncate').truncate(path, size);
+    const w = this.w('truncate');
+    if (!Number.isSafeInteger(size) || size < 0) throw new PosixError('EINVAL', 'truncate', path);
+    const info = await resolvePath(this.sup, path, true, 'truncate');
+    if (info.type === 'dir') throw new PosixError('EISDIR', 'truncate', path);
+    if (info.type !== 'file') throw new PosixError('EINVAL', 'truncate', path);
+    await this.truncateInfo(await w.run(() => iget(this.sup, info.ino)), size);
+  }
+
+  /** @internal truncate of an in-core inode (FileHandle.truncate, open with 'w'). */
+  async truncateInfo(info: InodeInfo, size: number): Promise<void> {
+    const w = this.w('truncate');
+    const data = this.data;
+    if (!Number.isSafeInteger(size) || size < 0) throw new PosixError('EINVAL', 'truncate');
+    if (data === undefined || info.type !== 'file') {
+      await w.run(() => w.ns.truncateInode(info, size));
+      return;
+    }
+    if (info.flags & 0x10) throw new PosixError('EPERM', 'truncate', undefined, 'immutable file');
+    await w.run(() => data.withInodeLock(info, () => data.truncate(info, size, (i, sz) => w.ns.truncateInode(i, sz))));
+  }
+
+  /**
+   * fallocate(2) on a path: default mode preallocates unwritten extents (reads give zeros) and
+   * grows the size; `keepSize` leaves the size; `punchHole` (with keepSize) frees the range;
+   * `zeroRange` makes it read as zeros.
+   */
+  async fallocate(path: string, offset: number, len: number, mode: FallocateMode = {}): Promise<void> {
+    const w = this.w('fallocate');
+    const info = await resolvePath(this.sup, path, true, 'fallocate');
+    if (info.type === 'dir') throw new PosixError('EISDIR', 'fallocate', path);
+    if (info.type !== 'file') throw new PosixError('ENODEV', 'fallocate', path);
+    await this.fallocateInfo(await w.run(() => iget(this.sup, info.ino)), offset, len, mode);
+  }
+
+  /** @internal */
+  async fallocateInfo(info: InodeInfo, offset: number, len: number, mode: FallocateMode): Promise<void> {
+    const w = this.w('fallocate');
+    const data = this.data;
+    assert(data !== undefined, 'read-write mount without a data path');
+    await w.run(() => data.withInodeLock(info, () => data.fallocate(info, offset, len, mode)));
+  }
+
+  /** appendFile(): creates the file if missing (mode default 0644) and writes at its end. */
+  async appendFile(path: string, bytes: Uint8Array | string, opts: { mode?: number } = {}): Promise<void> {
+    const fh = await this.open(path, 'a', opts.mode);
+    try {
+      await fh.write(typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes);
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** The data path's counters for this mount (the keys of `ext4ts … --stats`). */
+  dataStats(): DataStats {
+    const z: DataStats = { bios: 0, ioEnds: 0, unwrittenIoEnds: 0, conversions: 0, pagesWritten: 0, bytesWritten: 0 };
+    return this.data !== undefined ? { ...this.data.stats } : z;
   }
   setxattr(path: string, name: string, value: Uint8Array | string, flags: { create?: boolean; replace?: boolean } = {}): Promise<void> {
     return this.w('setxattr').setxattr(path, name, value, flags);
@@ -377,56 +502,53 @@ export class Ext4 {
   async close(): Promise<void> {
     const data = this.data;
     if (this.wops !== undefined) {
+      let lost: { ino: number; code: string }[] = [];
       await this.wops.run(async () => {
-        if (data !== undefined) await data.flushAll();
-        await this.sup.close();
+        try {
+          if (data !== undefined) {
+            await data.flushAll();
+            lost = data.takeLegacyErrors();
+          }
+        } finally {
+          await this.sup.close();
+        }
       });
+      // Write errors no fsync or close of a file reported: once, here (like AS_EIO at unmount).
+      if (lost.length > 0) throw new PosixError('EIO', 'close', undefined, `write error on inode(s) ${lost.map((l) => l.ino).join(', ')}`);
     } else await this.sup.close();
-  }
-
-  /**
-   * Metadata operations that free or move file blocks first write all cached data and drop the
-   * page cache, so no dirty page or stale mapping outlives them.
-   */
-  private async dataBarrier(): Promise<void> {
-    const w = this.wops;
-    const data = this.data;
-    if (w === undefined || data === undefined) return;
-    await w.run(async () => {
-      await data.flushAll();
-      data.dropCaches();
-    });
   }
 
   /** writeFile(): creates (mode default 0644) or truncates `path` and writes `data` into it. */
   async writeFile(path: string, bytes: Uint8Array | string, opts: { mode?: number } = {}): Promise<void> {
-    const w = this.w('writeFile');
-    const data = this.data;
-    assert(data !== undefined, 'read-write mount without a data path');
-    const buf = typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes;
-    let exists = true;
+    const fh = await this.open(path, 'w', opts.mode);
     try {
-      await resolvePath(this.sup, path, true, 'open');
-    } catch (e) {
-      if (!(e instanceof PosixError) || e.code !== 'ENOENT') throw e;
-      exists = false;
+      await fh.write(typeof bytes === 'string' ? new TextEncoder().encode(bytes) : bytes, 0, undefined, 0);
+    } finally {
+      await fh.close();
     }
-    if (exists) await this.truncate(path, 0);
-    else await w.mknod(path, { mode: opts.mode ?? 0o644 });
-    await w.run(async () => {
-      const info = await iget(this.sup, (await resolvePath(this.sup, path, true, 'open')).ino);
-      if (info.type !== 'file') throw new PosixError('EISDIR', 'open', path);
-      await data.write(info, 0, buf);
-    });
   }
 
-  /** @internal FileHandle.write. */
+  /** @internal FileHandle.read on a read-write mount: through the page cache. */
+  async readCached(info: InodeInfo, pos: number, len: number): Promise<Uint8Array> {
+    const w = this.wops;
+    const data = this.data;
+    assert(w !== undefined && data !== undefined, 'readCached on a read-only mount');
+    return w.run(() => data.read(info, pos, len));
+  }
+
+  /** @internal The write error `cursor` has not seen yet (reported by close), if any. */
+  takeWriteError(info: InodeInfo, cursor: ErrCursor): ErrnoCode | undefined {
+    if (this.data === undefined || !this.data.has(info.ino)) return undefined;
+    return this.data.mappingOf(info).fileErrorCheck(cursor);
+  }
+
+  /** @internal FileHandle.write; `pos` -1 appends at the in-memory end of file. */
   async writeInode(info: InodeInfo, pos: number, bytes: Uint8Array): Promise<number> {
     const w = this.w('write');
     const data = this.data;
     assert(data !== undefined, 'read-write mount without a data path');
     if (info.type !== 'file') throw new PosixError(info.type === 'dir' ? 'EISDIR' : 'EINVAL', 'write');
-    return w.run(() => data.write(info, pos, bytes));
+    return w.run(() => data.withInodeLock(info, () => data.write(info, pos === -1 ? data.sizeOf(info) : pos, bytes)));
   }
 
   /** @internal FileHandle.sync: fsync of one inode, reporting a write error once per cursor. */
@@ -434,7 +556,7 @@ export class Ext4 {
     const w = this.wops;
     const data = this.data;
     if (w === undefined || data === undefined || info.type !== 'file') return;
-    await w.run(() => data.fsync(info, cursor));
+    await w.run(() => data.withInodeLock(info, () => data.fsync(info, cursor)));
   }
 
   /** @internal An errseq cursor for a new FileHandle. */
@@ -458,44 +580,92 @@ function isDotOrDotDot(e: DirEntry): boolean {
   return e.name[0] === 0x2e && (e.name.length === 1 || (e.name.length === 2 && e.name[1] === 0x2e));
 }
 
-/** A read-only open file, like node's FileHandle. */
+/** An open file, like node's fsPromises FileHandle (positions are explicit or append). */
 export class FileHandle {
   private closed = false;
-  /** This open file's position in its mapping's write-error sequence. */
+  /** This open file's position in its mapping's write-error sequence (errseq, like f_wb_err). */
   private cursor: ErrCursor | undefined;
-  constructor(private readonly fs: Ext4, readonly info: InodeInfo, private readonly onClose?: () => Promise<void>) {
-    this.cursor = fs.errCursor(info);
+  /** @internal */
+  constructor(
+    private readonly fs: Ext4,
+    readonly info: InodeInfo,
+    private readonly flags: ParsedFlags = parseOpenFlags('r'),
+    private readonly onClose?: () => Promise<void>,
+  ) {
+    this.cursor = flags.write || fs.data !== undefined ? fs.errCursor(info) : undefined;
   }
+
+  private check(syscall: string, need: 'read' | 'write'): void {
+    if (this.closed) throw new PosixError('EBADF', syscall);
+    if (need === 'read' && !this.flags.read) throw new PosixError('EBADF', syscall, undefined, 'not open for reading');
+    if (need === 'write' && !this.flags.write) throw new PosixError('EBADF', syscall, undefined, 'not open for writing');
+  }
+
   /** Reads up to `length` bytes at `position` into `buffer` at `offset`. */
-  async read(buffer: Uint8Array, offset: number, length: number, position: number): Promise<{ bytesRead: number; buffer: Uint8Array }> {
-    if (this.closed) throw new PosixError('EBADF', 'read');
+  async read(buffer: Uint8Array, offset = 0, length = buffer.length - offset, position = 0): Promise<{ bytesRead: number; buffer: Uint8Array }> {
+    this.check('read', 'read');
     if (this.info.type === 'dir') throw new PosixError('EISDIR', 'read');
     const want = Math.min(length, buffer.length - offset);
     const data = this.fs.data !== undefined && this.info.type === 'file'
-      ? await this.fs.data.read(this.info, position, want)
+      ? await this.fs.readCached(this.info, position, want)
       : await this.fs.readRange(this.info, position, want);
     buffer.set(data, offset);
     return { bytesRead: data.length, buffer };
   }
-  /** Writes `length` bytes of `buffer` from `offset` at file position `position` (buffered). */
-  async write(buffer: Uint8Array, offset = 0, length = buffer.length - offset, position = 0): Promise<{ bytesWritten: number; buffer: Uint8Array }> {
-    if (this.closed) throw new PosixError('EBADF', 'write');
-    const n = await this.fs.writeInode(this.info, position, buffer.subarray(offset, offset + length));
-    return { bytesWritten: n, buffer };
+
+  /**
+   * Writes `length` bytes of `buffer` from `offset` at file position `position` through the page
+   * cache (delayed allocation); with 'a' flags at the end of the file whatever `position` says.
+   */
+  async write(buffer: Uint8Array | string, offset = 0, length?: number, position = 0): Promise<{ bytesWritten: number; buffer: Uint8Array }> {
+    this.check('write', 'write');
+    const bytes = typeof buffer === 'string' ? new TextEncoder().encode(buffer) : buffer;
+    const n = length ?? bytes.length - offset;
+    if (offset < 0 || n < 0 || offset + n > bytes.length) throw new PosixError('EINVAL', 'write', undefined, `offset ${offset} + length ${n} outside a buffer of ${bytes.length}`);
+    const written = await this.fs.writeInode(this.info, this.flags.append ? -1 : position, bytes.subarray(offset, offset + n));
+    return { bytesWritten: written, buffer: bytes };
   }
+
+  /** ftruncate: the file gets `len` bytes (default 0). */
+  async truncate(len = 0): Promise<void> {
+    this.check('ftruncate', 'write');
+    await this.fs.truncateInfo(this.info, len);
+  }
+
+  /** fallocate(2) (see Ext4.fallocate). */
+  async fallocate(offset: number, len: number, mode: FallocateMode = {}): Promise<void> {
+    this.check('fallocate', 'write');
+    if (this.info.type !== 'file') throw new PosixError('ENODEV', 'fallocate');
+    await this.fs.fallocateInfo(this.info, offset, len, mode);
+  }
+
   /** fsync: writes this file's data and the metadata; a write error is reported once (EIO). */
   async sync(): Promise<void> {
     if (this.closed) throw new PosixError('EBADF', 'fsync');
     this.cursor ??= this.fs.errCursor(this.info);
     await this.fs.fsyncInode(this.info, this.cursor);
   }
+
+  /** fdatasync: the same as sync here (the inode's size and blocks are data for this purpose). */
+  datasync(): Promise<void> {
+    return this.sync();
+  }
+
   async stat(): Promise<Stats> {
+    if (this.closed) throw new PosixError('EBADF', 'fstat');
     return this.fs.statIno(this.info.ino);
   }
+
+  /**
+   * close: releases the handle; a write error of this file that no fsync reported yet is
+   * reported here, once (EIO), after the handle is released.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    const err = this.cursor !== undefined ? this.fs.takeWriteError(this.info, this.cursor) : undefined;
     if (this.onClose !== undefined) await this.onClose();
+    if (err !== undefined) throw new PosixError(err, 'close', undefined, `write error on inode ${this.info.ino}`);
   }
 }
 

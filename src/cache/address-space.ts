@@ -169,6 +169,11 @@ export class AddressSpace {
     return this.pages.get(index);
   }
 
+  /** Every page, oldest first (the order they entered the cache): eviction scans this. */
+  pagesInOrder(): Page[] {
+    return [...this.pages.values()];
+  }
+
   /** The page at `index`, created empty (not uptodate, no flags) when absent. */
   findOrCreatePage(index: number): Page {
     let page = this.pages.get(index);

@@ -10,6 +10,7 @@ import { registerReadCommands, registerGet } from './read-commands.js';
 import { registerDemo } from './demo.js';
 import { registerMkfs } from './mkfs-command.js';
 import { registerWriteCommands } from './write-commands.js';
+import { registerDataCommands } from './data-commands.js';
 
 const program = new Command();
 program
@@ -24,6 +25,7 @@ registerGet(program);
 registerDemo(program);
 registerMkfs(program);
 registerWriteCommands(program);
+registerDataCommands(program);
 
 try {
   await program.parseAsync(process.argv);

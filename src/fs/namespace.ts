@@ -69,6 +69,11 @@ interface Parent {
 
 export class Namespace {
   private readonly openCounts = new Map<number, number>();
+  /**
+   * Called before an inode's blocks are released (last link gone and not open): the data path
+   * drops its cached pages and reservations for it (an upward call through a hook, STYLE §1).
+   */
+  onEvict: ((info: InodeInfo) => Promise<void>) | undefined;
   constructor(readonly s: Ext4Super) {}
 
   // ---- lookups ---------------------------------------------------------------------------
@@ -289,6 +294,7 @@ export class Namespace {
       await orphanAdd(s, info);
       return;
     }
+    if (this.onEvict !== undefined) await this.onEvict(info);
     await evictInode(s, info);
   }
 
@@ -495,6 +501,7 @@ export class Namespace {
     this.openCounts.delete(ino);
     const info = await iget(this.s, ino);
     if (info.linksCount === 0) {
+      if (this.onEvict !== undefined) await this.onEvict(info);
       await orphanDel(this.s, info);
       await evictInode(this.s, info);
     }

@@ -31,16 +31,24 @@
  * - fsync(): writepages, wait until every io_end is released (InodeIo.waitIdle), write the inode,
  *   commit the metadata, and report a write error once per open-file cursor.
  *
- * Concurrency: the caller runs write/read/writepages/fsync one at a time per mount (WriteOps.run).
- * The conversion worker runs concurrently with them, so every extent-tree access of this module
- * goes through the inode's tree lock (the kernel's i_data_sem). Metadata operations that change a
- * file's blocks (truncate, unlink) must first call `flushAll()` and `dropCaches()`.
+ * - Memory: a dirty limit (balanceDirtyPages: writeback starts at half, writers wait at the limit)
+ *   and a cache limit (shrink: clean pages evicted oldest first; inodes with nothing cached are
+ *   forgotten), so writing a file many times larger than the limits keeps memory flat.
+ * - truncate/fallocate/punch/zero range write back and drop the affected pages first, then change
+ *   the extent tree; an inode evicted (last link and last open file gone) is discarded unwritten.
+ *
+ * Concurrency: the caller runs write/read/writepages/fsync one at a time per mount (WriteOps.run)
+ * under the inode lock (withInodeLock, i_rwsem). The conversion worker runs concurrently with
+ * them, so every extent-tree access of this module goes through the inode's tree lock (the
+ * kernel's i_data_sem). Direct I/O uses the hooks (writeAndWaitRange, invalidateRange, dio*).
  */
 import type { Ext4Super } from '../fs/super.js';
 import type { InodeInfo } from '../fs/inode/inode.js';
 import { writeInode, addInodeBlocks } from '../fs/inode/inode.js';
 import { touch } from '../fs/inode/inode-life.js';
-import { ExtentTree } from '../fs/extents/extent-tree.js';
+import { ihold, irelease } from '../fs/inode/icache.js';
+import { faults } from '../runtime/faults.js';
+import { ExtentTree, type ExtentRec } from '../fs/extents/extent-tree.js';
 import { getBalloc } from '../fs/alloc/balloc.js';
 import { setInodeSizeBytes } from '../format/inode.js';
 import { EXT_UNWRITTEN_MAX_LEN } from '../format/extent.js';
@@ -55,6 +63,13 @@ import { assert } from '../util/assert.js';
 import { PosixError } from '../util/errors.js';
 import { pblk } from '../util/units.js';
 
+/** fallocate(2) modes (FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE). */
+export interface FallocateMode {
+  keepSize?: boolean;
+  punchHole?: boolean;
+  zeroRange?: boolean;
+}
+
 export interface FileDataOptions {
   /** Page size in bytes (4, 16 or 64 KiB; default 4 KiB). */
   pageSizeBytes?: number | undefined;
@@ -62,7 +77,16 @@ export interface FileDataOptions {
   wq?: WorkQueue | undefined;
   /** Most segments per bio (default BIO_MAX_VECS); small values make one extent span many bios. */
   maxBioVecs?: number | undefined;
+  /** Dirty bytes at which writers are throttled (default 64 MiB); writeback starts at half. */
+  dirtyLimitBytes?: number | undefined;
+  /** Cached bytes beyond which clean pages are evicted (default 256 MiB). */
+  cacheLimitBytes?: number | undefined;
 }
+
+/** Largest piece of one write() handled before the dirty limit is checked again. */
+const WRITE_CHUNK_BYTES = 1 << 20;
+/** Readahead window beyond a read that missed the cache. */
+const READAHEAD_BYTES = 256 << 10;
 
 /** The engine's counters (the keys of `--stats`). */
 export interface DataStats {
@@ -91,6 +115,11 @@ class InodeData {
   delayed = 0;
   /** Extent-tree lock (i_data_sem): a promise chain. */
   private treeTail: Promise<unknown> = Promise.resolve();
+  /** Inode lock (i_rwsem) for writers, truncate, fallocate and direct I/O: a promise chain. */
+  private lockTail: Promise<unknown> = Promise.resolve();
+  /** Direct I/O requests in flight (i_dio_count); truncate waits for zero (inode_dio_wait). */
+  dioCount = 0;
+  private readonly dioWaiters: (() => void)[] = [];
   constructor(
     readonly info: InodeInfo,
     readonly mapping: AddressSpace,
@@ -105,6 +134,26 @@ class InodeData {
     this.treeTail = p.then(() => undefined, () => undefined);
     return p;
   }
+
+  /** Runs `fn` holding the inode lock. */
+  withLock<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.lockTail.then(fn, fn);
+    this.lockTail = p.then(() => undefined, () => undefined);
+    return p;
+  }
+
+  dioBegin(): void {
+    this.dioCount++;
+  }
+  dioEnd(): void {
+    this.dioCount--;
+    assert(this.dioCount >= 0, () => `inode ${this.info.ino}: i_dio_count below zero`);
+    if (this.dioCount === 0) for (const w of this.dioWaiters.splice(0)) w();
+  }
+  dioWait(): Promise<void> {
+    if (this.dioCount === 0) return Promise.resolve();
+    return new Promise((resolve) => this.dioWaiters.push(resolve));
+  }
 }
 
 export class FileData {
@@ -115,11 +164,53 @@ export class FileData {
   reservedBlocks = 0;
   readonly stats: DataStats = { bios: 0, ioEnds: 0, unwrittenIoEnds: 0, conversions: 0, pagesWritten: 0, bytesWritten: 0 };
   private readonly inodes = new Map<number, InodeData>();
+  readonly dirtyLimitBytes: number;
+  readonly cacheLimitBytes: number;
+  /** Pages in every mapping (the cache's size). */
+  nrPages = 0;
+  /** Pages with PG_dirty (global_node_page_state(NR_FILE_DIRTY)). */
+  nrDirty = 0;
+  /** Pages under writeback that a bio completion will end (NR_WRITEBACK). */
+  nrWriteback = 0;
+  /** Writers throttled until writeback makes progress. */
+  private readonly writebackWaiters: (() => void)[] = [];
 
   constructor(readonly s: Ext4Super, opts: FileDataOptions = {}) {
     this.pageSizeBytes = opts.pageSizeBytes ?? 4096;
     this.wq = opts.wq ?? new HostWorkQueue();
     this.maxBioVecs = opts.maxBioVecs ?? BIO_MAX_VECS;
+    this.dirtyLimitBytes = Math.max(opts.dirtyLimitBytes ?? 64 << 20, 4 * this.pageSizeBytes);
+    this.cacheLimitBytes = Math.max(opts.cacheLimitBytes ?? 256 << 20, 2 * this.dirtyLimitBytes);
+  }
+
+  /** The page at `idx` of `d`, created when absent (counted in nrPages). */
+  private getPage(d: InodeData, idx: number): Page {
+    const hit = d.mapping.findPage(idx);
+    if (hit !== undefined) return hit;
+    this.nrPages++;
+    return d.mapping.findOrCreatePage(idx);
+  }
+
+  /** Removes a clean page that nobody writes (delete_from_page_cache). */
+  private dropPage(d: InodeData, page: Page): void {
+    assert(page.trylock(), () => `${page.describe()}: dropped while locked`);
+    d.mapping.deletePage(page);
+    page.unlock();
+    this.nrPages--;
+  }
+
+  /** Marks `page` dirty, counting it once. */
+  private dirtyPage(page: Page): void {
+    if (page.markDirty()) this.nrDirty++;
+  }
+
+  /** Forgets the whole page cache of `d` (its pages are garbage from now on). */
+  private dropInodeData(d: InodeData): void {
+    this.nrPages -= d.mapping.nrPages;
+    this.nrDirty -= d.mapping.dirtyPages().length;
+    assert(this.nrPages >= 0 && this.nrDirty >= 0, () => `inode ${d.info.ino}: page counts below zero`);
+    this.inodes.delete(d.info.ino);
+    irelease(this.s, d.info.ino);
   }
 
   /** The data state of `info`, created on first use. */
@@ -131,6 +222,7 @@ export class FileData {
       const dd: InodeData = new InodeData(info, mapping, new InodeIo(info.ino, this.wq, (r) => this.convert(dd, r)));
       d = dd;
       this.inodes.set(info.ino, d);
+      ihold(this.s, info);
     }
     assert(d.info === info, () => `inode ${info.ino}: two in-core copies`);
     return d;
@@ -174,18 +266,42 @@ export class FileData {
     if (bytes.length === 0) return 0;
     if (!info.hasExtents) throw new PosixError('EOPNOTSUPP', 'write', undefined, `inode ${info.ino} is not extent-mapped`);
     const bs = this.s.blockSize;
-    const end = pos + bytes.length;
-    if (Math.ceil(end / bs) > 0xffff_ffff) throw new PosixError('EFBIG', 'write');
+    if (Math.ceil((pos + bytes.length) / bs) > 0xffff_ffff) throw new PosixError('EFBIG', 'write');
     const d = this.of(info);
     const ps = this.pageSizeBytes;
+    // Piece by piece (generic_perform_write), checking the dirty limit after each piece, so a
+    // huge write never holds more than the limit in dirty pages. A later piece failing makes
+    // a short write, as on Linux.
+    let done = 0;
+    while (done < bytes.length) {
+      const at = pos + done;
+      const pieceEnd = Math.min(pos + bytes.length, (Math.floor(at / ps) * ps) + Math.max(WRITE_CHUNK_BYTES, ps));
+      try {
+        await this.writePiece(d, at, bytes.subarray(done, pieceEnd - pos));
+      } catch (e) {
+        if (done > 0 && e instanceof PosixError && (e.code === 'ENOSPC' || e.code === 'ENOMEM')) break;
+        throw e;
+      }
+      done = pieceEnd - pos;
+      await this.balanceDirtyPages();
+    }
+    touch(this.s, info, ['mtime', 'ctime']);
+    return done;
+  }
+
+  /** One piece of write(): pages made uptodate, the reservation checked, bytes copied. */
+  private async writePiece(d: InodeData, pos: number, bytes: Uint8Array): Promise<void> {
+    const bs = this.s.blockSize;
+    const ps = this.pageSizeBytes;
+    const end = pos + bytes.length;
     // Pages are made uptodate (and their buffers mapped) before the reservation check, which
     // then counts exactly the buffers that become Delay.
     const pages: Page[] = [];
     for (let idx = Math.floor(pos / ps); idx * ps < end; idx++) {
-      const page = d.mapping.findOrCreatePage(idx);
+      const page = this.getPage(d, idx);
       await page.waitOnWriteback();
       const whole = pos <= page.offsetBytes && end >= page.offsetBytes + ps;
-      await this.fillPage(d, page, whole);
+      if (!PG.testUptodate(page)) await this.fillPages(d, [page], whole);
       pages.push(page);
     }
     let need = 0;
@@ -222,53 +338,146 @@ export class FileData {
           BH.setUninit(bh);
         }
       }
-      page.markDirty();
+      this.dirtyPage(page);
     }
     if (end > d.sizeBytes) d.sizeBytes = end;
-    touch(this.s, info, ['mtime', 'ctime']);
-    return bytes.length;
+  }
+
+  /**
+   * balance_dirty_pages: past half the dirty limit, write back inodes with dirty pages (oldest
+   * first) without waiting; past the limit (dirty + under writeback), wait for completions.
+   * Then trim the cache of clean pages.
+   */
+  private async balanceDirtyPages(): Promise<void> {
+    const ps = this.pageSizeBytes;
+    const limitPages = Math.floor(this.dirtyLimitBytes / ps);
+    if (this.nrDirty > limitPages / 2) {
+      for (const d of [...this.inodes.values()]) {
+        if (this.nrDirty <= limitPages / 4) break;
+        if (d.mapping.dirtyPages(0, 1).length === 0) continue;
+        await this.writepagesOf(d);
+      }
+    }
+    while (this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0) {
+      await new Promise<void>((resolve) => this.writebackWaiters.push(resolve));
+    }
+    this.shrink();
+  }
+
+  /**
+   * Evicts clean pages (oldest first in each mapping) while the cache is over its limit, and
+   * forgets inodes left with no pages, no I/O and no error to report.
+   */
+  shrink(): void {
+    const ps = this.pageSizeBytes;
+    const limitPages = Math.floor(this.cacheLimitBytes / ps);
+    if (this.nrPages <= limitPages) return;
+    const target = Math.floor(limitPages * 0.75);
+    for (const d of [...this.inodes.values()]) {
+      if (this.nrPages <= target) break;
+      for (const page of d.mapping.pagesInOrder()) {
+        if (this.nrPages <= target) break;
+        if (PG.testDirty(page) || PG.testWriteback(page) || PG.testLocked(page)) continue;
+        this.dropPage(d, page);
+      }
+      if (d.mapping.nrPages === 0 && d.io.isIdle() && d.delayed === 0 && d.dioCount === 0 && d.mapping.wbErr.raw === 0 && d.sizeBytes === d.info.size) {
+        this.dropInodeData(d);
+      }
+    }
   }
 
   /** Reads up to `len` bytes at `pos` through the cache, clipped at the in-memory size. */
   async read(info: InodeInfo, pos: number, len: number): Promise<Uint8Array> {
+    if (!Number.isSafeInteger(pos) || pos < 0 || !Number.isSafeInteger(len) || len < 0) throw new PosixError('EINVAL', 'read');
     const d = this.of(info);
     const n = Math.max(0, Math.min(len, d.sizeBytes - pos));
     const out = new Uint8Array(n);
+    if (n === 0) return out;
     const ps = this.pageSizeBytes;
+    const first = Math.floor(pos / ps);
+    const last = Math.floor((pos + n - 1) / ps);
+    // A miss reads the missing pages of the request and a readahead window beyond it in one
+    // pass (ext4_readahead), so a sequential reader issues large device reads.
+    const missing: Page[] = [];
+    let miss = false;
+    for (let idx = first; idx <= last; idx++) if (!PG.testUptodate(this.getPage(d, idx))) miss = true;
+    if (miss) {
+      const raLast = Math.min(Math.ceil(d.sizeBytes / ps) - 1, last + Math.floor(READAHEAD_BYTES / ps));
+      for (let idx = first; idx <= raLast; idx++) {
+        const page = idx <= last ? this.getPage(d, idx) : d.mapping.findPage(idx) ?? this.getPage(d, idx);
+        if (!PG.testUptodate(page)) missing.push(page);
+      }
+      await this.fillPages(d, missing, false);
+    }
     for (let cur = pos; cur < pos + n; ) {
-      const page = d.mapping.findOrCreatePage(Math.floor(cur / ps));
-      await this.fillPage(d, page, false);
+      const page = this.getPage(d, Math.floor(cur / ps));
+      if (!PG.testUptodate(page)) await this.fillPages(d, [page], false);
       const to = Math.min(pos + n, page.offsetBytes + ps);
       out.set(page.data.subarray(cur - page.offsetBytes, to - page.offsetBytes), cur - pos);
       cur = to;
     }
+    this.shrink();
     return out;
   }
 
   /**
-   * Makes a page uptodate (ext4_read_folio / the read half of write_begin): each buffer is
-   * mapped from the extent tree once; written blocks are read, holes and unwritten blocks are
-   * zeros. With `whole` (the caller overwrites the page entirely) nothing is read.
+   * Makes pages uptodate (ext4_read_folio / ext4_readahead / the read half of write_begin):
+   * every buffer is mapped from the extent tree (one lookup per extent), written blocks are
+   * read with one device request per physically contiguous run, holes and unwritten blocks
+   * are zeros. With `whole` (the caller overwrites the pages entirely) nothing is read.
    */
-  private async fillPage(d: InodeData, page: Page, whole: boolean): Promise<void> {
-    if (PG.testUptodate(page)) return;
+  private async fillPages(d: InodeData, pages: readonly Page[], whole: boolean): Promise<void> {
     const bs = this.s.blockSize;
-    for (const bh of page.buffers) {
-      if (BH.testMapped(bh) || BH.testDelay(bh)) continue;
-      const e = await d.withTree(() => this.tree(d).lookup(bh.lblk));
-      if (e === undefined) continue;
-      bh.map(pblk(e.pblk + (bh.lblk - e.lblk)));
-      if (e.unwritten) BH.setUnwritten(bh);
-    }
-    if (!whole) {
-      for (const bh of page.buffers) {
-        const dst = page.data.subarray(bh.offsetInPage, bh.offsetInPage + bs);
-        if (BH.testMapped(bh) && !BH.testUnwritten(bh)) await this.s.readBlocks(bh.pblk, 1, dst);
-        else dst.fill(0);
-        BH.setUptodate(bh);
+    await d.withTree(async () => {
+      const tree = this.tree(d);
+      let e: ExtentRec | undefined;
+      for (const page of pages) {
+        if (PG.testUptodate(page)) continue;
+        for (const bh of page.buffers) {
+          if (BH.testMapped(bh) || BH.testDelay(bh)) continue;
+          if (e === undefined || bh.lblk < e.lblk || bh.lblk >= e.lblk + e.len) {
+            e = await tree.lookup(bh.lblk);
+            if (e === undefined) continue;
+          }
+          bh.map(pblk(e.pblk + (bh.lblk - e.lblk)));
+          if (e.unwritten) BH.setUnwritten(bh);
+        }
       }
+    });
+    // The caller overwrites the pages whole: it copies the data in and sets them uptodate (not
+    // here, so a write that fails before copying leaves no page claiming data it never read).
+    if (whole) return;
+    {
+      // Runs of buffers whose blocks follow each other on disk: one read each.
+      let run: BufferHead[] = [];
+      const flush = async (): Promise<void> => {
+        if (run.length === 0) return;
+        const first = run[0]!;
+        if (run.length === 1) {
+          await this.s.readBlocks(first.pblk, 1, first.page.data.subarray(first.offsetInPage, first.offsetInPage + bs));
+        } else {
+          const buf = new Uint8Array(run.length * bs);
+          await this.s.readBlocks(first.pblk, run.length, buf);
+          for (const [i, bh] of run.entries()) bh.page.data.set(buf.subarray(i * bs, (i + 1) * bs), bh.offsetInPage);
+        }
+        run = [];
+      };
+      for (const page of pages) {
+        if (PG.testUptodate(page)) continue;
+        for (const bh of page.buffers) {
+          if (BH.testMapped(bh) && !BH.testUnwritten(bh)) {
+            const last = run[run.length - 1];
+            if (last !== undefined && (last.pblk + 1 !== bh.pblk || run.length * bs >= READAHEAD_BYTES)) await flush();
+            run.push(bh);
+          } else {
+            page.data.fill(0, bh.offsetInPage, bh.offsetInPage + bs);
+          }
+        }
+      }
+      await flush();
+      for (const page of pages) for (const bh of page.buffers) BH.setUptodate(bh);
     }
-    PG.setUptodate(page);
+    for (const page of pages) PG.setUptodate(page);
   }
 
   private tree(d: InodeData): ExtentTree {
@@ -281,12 +490,20 @@ export class FileData {
 
   /** ext4_writepages: maps every delayed buffer of the dirty pages, then submits the pages. */
   async writepages(info: InodeInfo): Promise<void> {
-    const d = this.of(info);
-    for (const p of d.mapping.findTagged('writeback')) await p.waitOnWriteback();
+    await this.writepagesOf(this.of(info));
+  }
+
+  /**
+   * One writeback pass over `d` (WB_SYNC_NONE: pages under writeback are not dirty, so they are
+   * skipped). An allocation failure leaves every page unlocked and dirty for the next pass and
+   * is thrown to the caller.
+   */
+  private async writepagesOf(d: InodeData): Promise<void> {
     const pages = d.mapping.dirtyPages();
     if (pages.length === 0) return;
     await this.mapDelayed(d, pages);
-    this.submitPages(d, pages);
+    const err = this.submitPages(d, pages);
+    if (err !== undefined) throw err;
   }
 
   /**
@@ -323,6 +540,7 @@ export class FileData {
       let done = 0;
       while (done < run.length) {
         const want = Math.min(run.length - done, EXT_UNWRITTEN_MAX_LEN);
+        faults.hit('block_alloc');
         const got = await balloc.allocBlocks({ goal, maxLen: want, minLen: 1, ino: d.info.ino });
         try {
           await tree.insert({ lblk: run[done]!.lblk, len: got.len, pblk: got.pblk, unwritten: true });
@@ -351,20 +569,29 @@ export class FileData {
 
   /**
    * The submission half: pages in index order, one io_end per run of buffers contiguous in the
-   * file and on the device. Synchronous from start to end, so no completion runs in between
-   * (completions arrive from the device as later tasks).
+   * file and on the device, shared by every bio that writes the run. Synchronous from start to
+   * end, so no completion runs in between (completions arrive from the device as later tasks).
+   *
+   * Allocation failures (io_end, bio, range entry: the fault sites) stop the pass at the buffer
+   * that could not be added: writePageBuffers redirties its page and clears AsyncWrite on the
+   * rest (invariant 23), the open io_end and bio are closed normally, and later pages stay
+   * dirty; nothing is left locked or under writeback (S3, S4, S7, S15). Every resource is
+   * taken before the buffer joins a bio, so a failure never leaves a buffer written whose
+   * range is not recorded (IO-DESIGN §1.3 E).
    */
-  private submitPages(d: InodeData, pages: readonly Page[]): void {
+  private submitPages(d: InodeData, pages: readonly Page[]): unknown {
     const bs = this.s.blockSize;
     let cur: IoEnd | undefined;
     let lastLblk = -2;
     let lastPblk = -2;
+    let failure: unknown;
     const builder = new BioBuilder<BioCtx>({
       dev: this.s.dev,
       op: 'write',
       blockSizeBytes: bs,
       alloc: (sector) => {
         assert(cur !== undefined, 'bio allocated without an io_end');
+        faults.hit('bio_alloc');
         this.stats.bios++;
         return new Bio<BioCtx>({
           dev: this.s.dev, op: 'write', sector, maxVecs: this.maxBioVecs,
@@ -381,9 +608,10 @@ export class FileData {
       cur = undefined;
     };
     for (const page of pages) {
+      if (failure !== undefined) break;
       if (!PG.testDirty(page)) continue;
       assert(page.trylock(), () => `${page.describe()}: locked during writepages`);
-      page.clearDirtyForIo();
+      if (page.clearDirtyForIo()) this.nrDirty--;
       const eofBytes = d.sizeBytes - page.offsetBytes;
       const r = writePageBuffers(page, {
         prepare: (bh) => {
@@ -400,17 +628,24 @@ export class FileData {
         },
         submit: (bh) => {
           const pb = bh.pblk;
-          if (cur === undefined || bh.lblk !== lastLblk + 1 || pb !== lastPblk + 1) {
-            closeIoEnd();
-            cur = IoEnd.init(d.io);
-            this.stats.ioEnds++;
+          try {
+            if (cur === undefined || bh.lblk !== lastLblk + 1 || pb !== lastPblk + 1) {
+              closeIoEnd();
+              faults.hit('io_end_alloc');
+              cur = IoEnd.init(d.io);
+              this.stats.ioEnds++;
+            }
+            if (BH.testUninit(bh)) faults.hit('io_range_alloc');
+            const bio = builder.add(pb, page.data, bh.offsetInPage);
+            // Only now did the buffer join a bio: account it (IO-DESIGN §1.3 E, invariant 11).
+            const segs = bio.private.segs;
+            const tail = segs[segs.length - 1];
+            if (tail !== undefined && tail.page === page && tail.off + tail.len === bh.offsetInPage) tail.len += bs;
+            else segs.push({ page, off: bh.offsetInPage, len: bs });
+          } catch (e) {
+            failure = e;
+            return false;
           }
-          const bio = builder.add(pb, page.data, bh.offsetInPage);
-          // Only now did the buffer join a bio: account it (IO-DESIGN §1.3 E, invariant 11).
-          const segs = bio.private.segs;
-          const tail = segs[segs.length - 1];
-          if (tail !== undefined && tail.page === page && tail.off + tail.len === bh.offsetInPage) tail.len += bs;
-          else segs.push({ page, off: bh.offsetInPage, len: bs });
           if (BH.testClearUninit(bh)) {
             if (!cur.isUnwritten) this.stats.unwrittenIoEnds++;
             cur.setUnwritten();
@@ -422,16 +657,30 @@ export class FileData {
           return true;
         },
       });
+      if (r.failed) this.nrDirty++;
+      if (PG.testWriteback(page)) this.nrWriteback++;
       if (r.nrSubmitted > 0) this.stats.pagesWritten++;
     }
     closeIoEnd();
+    return failure;
   }
 
   /** ext4_end_bio: page segments end (now, or after conversion) and the bio's reference drops. */
   private endBio(bio: Bio<BioCtx>, status: BioStatus): void {
     const { io, segs } = bio.private;
     const st = status === 0 ? null : status;
-    io.completeBio({ finish: () => { for (const sg of segs) endPageWrite(sg.page, sg.off, sg.len, st); } }, st !== null);
+    io.completeBio({
+      finish: () => {
+        for (const sg of segs) if (endPageWrite(sg.page, sg.off, sg.len, st)) this.writebackEnded();
+      },
+    }, st !== null);
+  }
+
+  /** A page left writeback: wake throttled writers. */
+  private writebackEnded(): void {
+    this.nrWriteback--;
+    assert(this.nrWriteback >= 0, 'pages under writeback below zero');
+    for (const w of this.writebackWaiters.splice(0)) w();
   }
 
   /**
@@ -440,6 +689,14 @@ export class FileData {
    */
   private async convert(d: InodeData, ranges: readonly IoRange[]): Promise<void> {
     const bs = this.s.blockSize;
+    try {
+      faults.hit('conversion');
+    } catch (e) {
+      // The data is on disk but stays unwritten (reads give zeros): a lost write, reported
+      // by the next fsync like an I/O error (the kernel logs "potential data loss").
+      d.mapping.setError('EIO');
+      throw e;
+    }
     await d.withTree(async () => {
       const tree = this.tree(d);
       let disk = d.info.size;
@@ -478,7 +735,7 @@ export class FileData {
   /** Writes and waits for one inode's dirty data, then its size (no commit). */
   async flushInode(info: InodeInfo): Promise<void> {
     const d = this.of(info);
-    await this.writepages(info);
+    await this.writepagesOf(d);
     await d.io.waitIdle();
     for (const p of d.mapping.findTagged('writeback')) await p.waitOnWriteback();
     assert(d.io.isIdle(), () => `inode ${info.ino}: io_ends alive after waitIdle`);
@@ -486,9 +743,36 @@ export class FileData {
     await writeInode(this.s, d.info);
   }
 
-  /** Flushes every inode with cached data (sync / close). */
+  /**
+   * Flushes every inode with cached data (sync / close): all writeback passes are submitted
+   * first, then waited for, so the device sees every inode's I/O at once.
+   */
   async flushAll(): Promise<void> {
-    for (const d of [...this.inodes.values()]) await this.flushInode(d.info);
+    const all = [...this.inodes.values()];
+    let first: unknown;
+    for (const d of all) {
+      try {
+        await this.writepagesOf(d);
+      } catch (e) {
+        first ??= e;
+      }
+    }
+    for (const d of all) await this.flushInode(d.info);
+    if (first !== undefined) throw first;
+    this.shrink();
+  }
+
+  /**
+   * Inodes whose write errors no open file has seen (the legacy AS_EIO/AS_ENOSPC bits),
+   * cleared as they are returned: unmount reports them once.
+   */
+  takeLegacyErrors(): { ino: number; code: string }[] {
+    const out: { ino: number; code: string }[] = [];
+    for (const d of this.inodes.values()) {
+      const code = d.mapping.checkAndClearLegacyError();
+      if (code !== undefined) out.push({ ino: d.info.ino, code });
+    }
+    return out;
   }
 
   /** Inodes with dirty pages or live io_ends. */
@@ -505,6 +789,246 @@ export class FileData {
       assert(d.io.isIdle() && d.mapping.dirtyPages().length === 0 && d.delayed === 0, () =>
         `inode ${d.info.ino}: dropCaches with dirty data or I/O in flight`);
     }
-    this.inodes.clear();
+    for (const d of [...this.inodes.values()]) this.dropInodeData(d);
+  }
+
+  /**
+   * Drops one inode's cached pages without writing them (its last link went: ext4_evict_inode's
+   * truncate_inode_pages_final): waits for I/O in flight, gives back the delayed reservations,
+   * and forgets the inode. A no-op for an inode the cache does not know.
+   */
+  async discard(info: InodeInfo): Promise<void> {
+    const d = this.inodes.get(info.ino);
+    if (d === undefined) return;
+    await d.dioWait();
+    for (const p of d.mapping.findTagged('writeback')) await p.waitOnWriteback();
+    await d.io.waitIdle();
+    for (const page of d.mapping.dirtyPages()) {
+      for (const bh of page.buffers) {
+        if (!BH.testDelay(bh)) continue;
+        BH.clearDelay(bh);
+        d.delayed--;
+        this.reservedBlocks--;
+      }
+    }
+    assert(d.delayed === 0 && this.reservedBlocks >= 0, () => `inode ${info.ino}: reservations left after discard`);
+    this.dropInodeData(d);
+  }
+
+  /** The in-core inode the cache holds for `ino` (stat of a file with unwritten-back data). */
+  liveInfo(ino: number): InodeInfo | undefined {
+    return this.inodes.get(ino)?.info;
+  }
+
+  /**
+   * Forgets one inode's page-cache state once it is clean and idle (its last open file closed
+   * after unlink, or eviction). Keeps nothing that a later iget could disagree with.
+   */
+  async forget(info: InodeInfo): Promise<void> {
+    const d = this.inodes.get(info.ino);
+    if (d === undefined) return;
+    await this.flushInode(info);
+    assert(d.io.isIdle() && d.delayed === 0 && d.dioCount === 0, () => `inode ${info.ino}: forget while busy`);
+    this.dropInodeData(d);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Hooks for direct I/O, truncate and fallocate (the kernel's filemap_write_and_wait_range,
+  // invalidate_inode_pages2_range, inode_lock, inode_dio_begin/end/wait, i_data_sem)
+  // -------------------------------------------------------------------------------------------
+
+  /** Runs `fn` holding the inode lock of `info` (i_rwsem): writers, truncate, fallocate, DIO. */
+  withInodeLock<T>(info: InodeInfo, fn: () => Promise<T>): Promise<T> {
+    return this.of(info).withLock(fn);
+  }
+
+  /** Runs `fn` holding the extent-tree lock of `info` (i_data_sem). */
+  withTreeLock<T>(info: InodeInfo, fn: () => Promise<T>): Promise<T> {
+    return this.of(info).withTree(fn);
+  }
+
+  /** inode_dio_begin / inode_dio_end / inode_dio_wait. */
+  dioBegin(info: InodeInfo): void {
+    this.of(info).dioBegin();
+  }
+  dioEnd(info: InodeInfo): void {
+    this.of(info).dioEnd();
+  }
+  dioWait(info: InodeInfo): Promise<void> {
+    return this.of(info).dioWait();
+  }
+
+  /**
+   * filemap_write_and_wait_range: dirty pages overlapping [start, end) are written and every
+   * io_end of the inode has completed (so conversions of that range are done).
+   */
+  async writeAndWaitRange(info: InodeInfo, start: number, end: number): Promise<void> {
+    const d = this.of(info);
+    const ps = this.pageSizeBytes;
+    const first = Math.floor(start / ps);
+    const last = Math.ceil(end / ps);
+    const dirty = d.mapping.dirtyPages(first, Math.max(0, last - first));
+    if (dirty.length > 0) {
+      await this.mapDelayed(d, dirty);
+      this.submitPages(d, dirty);
+    }
+    for (const p of d.mapping.findTagged('writeback', first, Math.max(0, last - first))) await p.waitOnWriteback();
+    await d.io.waitIdle();
+  }
+
+  /**
+   * invalidate_inode_pages2_range: drops the cached pages overlapping [start, end), which the
+   * caller made clean (writeAndWaitRange) first; a later read maps them from the tree again.
+   */
+  async invalidateRange(info: InodeInfo, start: number, end: number): Promise<void> {
+    const d = this.of(info);
+    const ps = this.pageSizeBytes;
+    for (let idx = Math.floor(start / ps); idx < Math.ceil(end / ps); idx++) {
+      const page = d.mapping.findPage(idx);
+      if (page === undefined) continue;
+      await page.waitOnWriteback();
+      assert(!PG.testDirty(page), () => `${page.describe()}: invalidate of a dirty page`);
+      this.dropPage(d, page);
+    }
+  }
+
+  /** Sets the in-memory size (direct I/O extending writes, after the data is on disk). */
+  setSize(info: InodeInfo, sizeBytes: number): void {
+    this.of(info).sizeBytes = sizeBytes;
+  }
+
+  /**
+   * truncate (ext4_setattr's size change): waits for direct I/O, writes back and waits for every
+   * dirty page and io_end, drops the pages from the one holding the new end on, then lets the
+   * metadata layer free the blocks and zero the tail of the last block (`metaTruncate`).
+   */
+  async truncate(info: InodeInfo, sizeBytes: number, metaTruncate: (info: InodeInfo, sizeBytes: number) => Promise<void>): Promise<void> {
+    const d = this.of(info);
+    await d.dioWait();
+    await this.flushInode(info);
+    const ps = this.pageSizeBytes;
+    await this.invalidateRange(info, Math.floor(Math.min(sizeBytes, d.sizeBytes) / ps) * ps, Math.max(d.sizeBytes, info.size) + ps);
+    await d.withTree(() => metaTruncate(info, sizeBytes));
+    d.sizeBytes = sizeBytes;
+  }
+
+  /**
+   * fallocate(2): `mode` 0 preallocates unwritten extents over the holes of [offset, offset+len)
+   * and grows i_size (unless keepSize); punchHole (with keepSize, as Linux requires) frees the
+   * whole blocks and zeroes the partial ones; zeroRange zeroes the partial blocks and turns the
+   * whole ones into unwritten extents (reads return zeros, no data is written).
+   */
+  async fallocate(info: InodeInfo, offset: number, len: number, mode: FallocateMode = {}): Promise<void> {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(len) || offset < 0 || len <= 0) {
+      throw new PosixError('EINVAL', 'fallocate', undefined, `offset ${offset}, length ${len}`);
+    }
+    if (mode.punchHole === true && mode.zeroRange === true) throw new PosixError('EINVAL', 'fallocate', undefined, 'punch hole and zero range together');
+    if (mode.punchHole === true && mode.keepSize !== true) throw new PosixError('EOPNOTSUPP', 'fallocate', undefined, 'punch hole needs keep size (FALLOC_FL_KEEP_SIZE)');
+    if (!info.hasExtents) throw new PosixError('EOPNOTSUPP', 'fallocate', undefined, `inode ${info.ino} is not extent-mapped`);
+    const bs = this.s.blockSize;
+    const end = offset + len;
+    if (Math.ceil(end / bs) > 0xffff_ffff) throw new PosixError('EFBIG', 'fallocate');
+    const d = this.of(info);
+    await d.dioWait();
+    const firstFull = Math.ceil(offset / bs);
+    const endFull = Math.floor(end / bs);
+    if (mode.punchHole === true || mode.zeroRange === true) {
+      // Write back and drop the cached pages of the range so no stale mapping or dirty data outlives it.
+      await this.flushInode(info);
+      const ps = this.pageSizeBytes;
+      await this.invalidateRange(info, Math.floor(offset / ps) * ps, end);
+      if (endFull > firstFull) {
+        await d.withTree(async () => {
+          const runs = await this.tree(d).remove(firstFull, endFull - firstFull);
+          for (const r of runs) {
+            await getBalloc(this.s).freeBlocks(r.pblk, r.len);
+            addInodeBlocks(this.s, info, -r.len);
+          }
+          await writeInode(this.s, info);
+        });
+      }
+      // Partial blocks at the edges: zeros through the page cache (only where data exists).
+      const zeroEdge = async (from: number, to: number): Promise<void> => {
+        const stop = Math.min(to, d.sizeBytes);
+        if (stop <= from) return;
+        const e = await d.withTree(() => this.tree(d).lookup(Math.floor(from / bs)));
+        if (e === undefined || e.unwritten) return;
+        await this.write(info, from, new Uint8Array(stop - from));
+      };
+      if (firstFull > endFull) await zeroEdge(offset, end);
+      else {
+        if (offset % bs !== 0) await zeroEdge(offset, firstFull * bs);
+        if (end % bs !== 0 && endFull * bs >= offset) await zeroEdge(endFull * bs, end);
+      }
+      if (mode.punchHole === true) {
+        await this.flushInode(info);
+        touch(this.s, info, ['mtime', 'ctime']);
+        await writeInode(this.s, info);
+        return;
+      }
+    }
+    // Preallocate unwritten extents over the holes of the whole blocks covering the range
+    // (zeroRange: only the whole blocks; default mode: every block the range touches).
+    const from = mode.zeroRange === true ? firstFull : Math.floor(offset / bs);
+    const to = mode.zeroRange === true ? endFull : Math.ceil(end / bs);
+    if (to > from) await this.preallocate(d, from, to);
+    if (mode.keepSize !== true && end > d.sizeBytes) {
+      await this.flushInode(info);
+      d.sizeBytes = end;
+      setInodeSizeBytes(info.view, end);
+    }
+    if (mode.zeroRange === true) await this.flushInode(info);
+    touch(this.s, info, mode.keepSize === true && mode.zeroRange !== true ? ['ctime'] : ['mtime', 'ctime']);
+    await writeInode(this.s, info);
+  }
+
+  /** Allocates unwritten extents over every hole of logical blocks [from, to). */
+  private async preallocate(d: InodeData, from: number, to: number): Promise<void> {
+    const balloc = getBalloc(this.s);
+    // Cached buffers of the range may be unmapped holes (or Delay): write them back and drop
+    // the pages, so the next access maps the new unwritten extents from the tree.
+    await this.flushInode(d.info);
+    const bs = this.s.blockSize;
+    await this.invalidateRange(d.info, from * bs, to * bs);
+    await d.withTree(async () => {
+      const tree = this.tree(d);
+      const holes: { lblk: number; len: number }[] = [];
+      let cur = from;
+      for (const e of await tree.extents()) {
+        if (e.lblk + e.len <= cur) continue;
+        if (e.lblk >= to) break;
+        if (e.lblk > cur) holes.push({ lblk: cur, len: e.lblk - cur });
+        cur = Math.max(cur, e.lblk + e.len);
+      }
+      if (cur < to) holes.push({ lblk: cur, len: to - cur });
+      let need = 0;
+      for (const h of holes) need += h.len;
+      // Delayed reservations of other writers stay honoured.
+      if (need > 0 && balloc.freeBlocksCount() - this.reservedBlocks < need) {
+        throw new PosixError('ENOSPC', 'fallocate', undefined, `${need} block(s) needed`);
+      }
+      for (const h of holes) {
+        let goal = balloc.goalForInode(d.info.ino);
+        if (h.lblk > 0) {
+          const prev = await tree.lookup(h.lblk - 1);
+          if (prev !== undefined) goal = prev.pblk + prev.len;
+        }
+        let done = 0;
+        while (done < h.len) {
+          faults.hit('block_alloc');
+          const got = await balloc.allocBlocks({ goal, maxLen: Math.min(h.len - done, EXT_UNWRITTEN_MAX_LEN), minLen: 1, ino: d.info.ino });
+          try {
+            await tree.insert({ lblk: h.lblk + done, len: got.len, pblk: got.pblk, unwritten: true });
+          } catch (e) {
+            await balloc.freeBlocks(got.pblk, got.len);
+            throw e;
+          }
+          addInodeBlocks(this.s, d.info, got.len);
+          done += got.len;
+          goal = got.pblk + got.len;
+        }
+      }
+      await writeInode(this.s, d.info);
+    });
   }
 }

@@ -99,7 +99,7 @@ export class IoError extends Ext4Error {
 /** errno values (Linux) for the POSIX errors the API raises. */
 export const ERRNO = {
   EPERM: 1, ENOENT: 2, EIO: 5, E2BIG: 7, EBADF: 9, EBUSY: 16, ENOMEM: 12, EACCES: 13, EEXIST: 17, EXDEV: 18,
-  ENOTDIR: 20, EISDIR: 21, EINVAL: 22, EFBIG: 27, ENOSPC: 28, EROFS: 30, EMLINK: 31,
+  ENODEV: 19, ENOTDIR: 20, EISDIR: 21, EINVAL: 22, EFBIG: 27, ENOSPC: 28, EROFS: 30, EMLINK: 31,
   ERANGE: 34, ENAMETOOLONG: 36, ENOTEMPTY: 39, ELOOP: 40, ENODATA: 61, EOPNOTSUPP: 95,
 } as const;
 export type ErrnoCode = keyof typeof ERRNO;
@@ -108,7 +108,7 @@ const DESCRIPTIONS: Record<ErrnoCode, string> = {
   EPERM: 'operation not permitted', ENOENT: 'no such file or directory', EIO: 'i/o error',
   E2BIG: 'argument list too long', EBUSY: 'resource busy or locked',
   EBADF: 'bad file descriptor', ENOMEM: 'out of memory', EACCES: 'permission denied',
-  EEXIST: 'file already exists', EXDEV: 'cross-device link', ENOTDIR: 'not a directory',
+  EEXIST: 'file already exists', EXDEV: 'cross-device link', ENODEV: 'no such device', ENOTDIR: 'not a directory',
   EISDIR: 'illegal operation on a directory', EINVAL: 'invalid argument',
   EFBIG: 'file too large', ENOSPC: 'no space left on device', EROFS: 'read-only file system',
   EMLINK: 'too many links', ERANGE: 'result out of range', ENAMETOOLONG: 'name too long',

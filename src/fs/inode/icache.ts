@@ -7,6 +7,7 @@
  */
 import type { Ext4Super } from '../super.js';
 import { readInode, type InodeInfo } from './inode.js';
+import { assert } from '../../util/assert.js';
 
 /**
  * Entries kept per mount between operations. Eviction happens only in itrim(), which the API
@@ -16,6 +17,38 @@ import { readInode, type InodeInfo } from './inode.js';
 const ICACHE_MAX = 4096;
 
 const caches = new WeakMap<Ext4Super, Map<number, InodeInfo>>();
+/** Inodes that must stay in core (the page cache holds state about them): ino → hold count. */
+const holds = new WeakMap<Ext4Super, Map<number, number>>();
+
+function holdsOf(s: Ext4Super): Map<number, number> {
+  let h = holds.get(s);
+  if (h === undefined) {
+    h = new Map();
+    holds.set(s, h);
+  }
+  return h;
+}
+
+/**
+ * Keeps `info` in core until irelease (ihold: the data path keeps per-inode state, an in-memory
+ * i_size and page buffers, that must refer to the one object every later iget returns).
+ */
+export function ihold(s: Ext4Super, info: InodeInfo): void {
+  const h = holdsOf(s);
+  h.set(info.ino, (h.get(info.ino) ?? 0) + 1);
+  const c = cacheOf(s);
+  assert(c.get(info.ino) === undefined || c.get(info.ino) === info, () => `inode ${info.ino}: ihold of a stale copy`);
+  c.set(info.ino, info);
+}
+
+/** Drops one hold taken by ihold. */
+export function irelease(s: Ext4Super, ino: number): void {
+  const h = holdsOf(s);
+  const n = (h.get(ino) ?? 0) - 1;
+  assert(n >= 0, () => `inode ${ino}: irelease without ihold`);
+  if (n === 0) h.delete(ino);
+  else h.set(ino, n);
+}
 
 function cacheOf(s: Ext4Super): Map<number, InodeInfo> {
   let c = caches.get(s);
@@ -51,13 +84,17 @@ export function iadd(s: Ext4Super, info: InodeInfo): void {
 /** Evicts the least recently used entries beyond the limit (call only between operations). */
 export function itrim(s: Ext4Super): void {
   const c = cacheOf(s);
+  if (c.size <= ICACHE_MAX) return;
+  const h = holds.get(s);
   for (const k of c.keys()) {
     if (c.size <= ICACHE_MAX) break;
+    if (h?.has(k) === true) continue;
     c.delete(k);
   }
 }
 
 /** Drops an inode that was freed (its number may be reused by a new inode). */
 export function iforget(s: Ext4Super, ino: number): void {
+  assert(holds.get(s)?.has(ino) !== true, () => `inode ${ino}: freed while the page cache holds it`);
   cacheOf(s).delete(ino);
 }
