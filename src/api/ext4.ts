@@ -35,9 +35,9 @@ export interface OpenOptions extends MountOptions {
   pageSizeBytes?: number;
   /** Most segments per data bio (default 256). */
   maxBioVecs?: number;
-  /** Dirty page-cache bytes that start writeback and throttle writers (default 64 MiB). */
+  /** Dirty page-cache bytes that throttle writers (default 32 MiB; writeback starts at half). */
   dirtyLimitBytes?: number;
-  /** Page-cache bytes kept before clean pages are evicted (default 256 MiB). */
+  /** Page-cache bytes kept before clean pages are evicted (default 64 MiB). */
   cacheLimitBytes?: number;
 }
 

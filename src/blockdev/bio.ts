@@ -175,12 +175,20 @@ export class Bio<P = undefined> {
 export function submitBio<P>(bio: Bio<P>): void {
   bio.markSubmitted();
   const single = bio.vecs.length === 1 ? bio.vecs[0] : undefined;
-  const buf = single !== undefined ? single.page.subarray(single.offset, single.offset + single.len) : new Uint8Array(bio.sizeBytes);
-  if (bio.op === 'write' && single === undefined) gather(bio.vecs, buf);
-  const req = bio.op === 'write' ? bio.dev.write(bio.offsetBytes, buf) : bio.dev.read(bio.offsetBytes, buf);
+  const dev = bio.dev;
+  let req: Promise<void>;
+  let buf: Uint8Array | undefined;
+  if (bio.op === 'write' && single === undefined && dev.writev !== undefined) {
+    // A gather write straight from the pages: no bounce copy.
+    req = dev.writev(bio.offsetBytes, bio.vecs.map((v) => v.page.subarray(v.offset, v.offset + v.len)));
+  } else {
+    buf = single !== undefined ? single.page.subarray(single.offset, single.offset + single.len) : new Uint8Array(bio.sizeBytes);
+    if (bio.op === 'write' && single === undefined) gather(bio.vecs, buf);
+    req = bio.op === 'write' ? dev.write(bio.offsetBytes, buf) : dev.read(bio.offsetBytes, buf);
+  }
   req.then(
     () => {
-      if (bio.op === 'read' && single === undefined) scatter(bio.vecs, buf);
+      if (bio.op === 'read' && single === undefined && buf !== undefined) scatter(bio.vecs, buf);
       bio.end(0);
     },
     (e: unknown) => {

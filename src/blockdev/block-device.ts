@@ -19,6 +19,8 @@ export interface BlockDevice {
   read(offsetBytes: number, dst: Uint8Array): Promise<void>;
   /** Writes `src` at `offsetBytes`. Durable only after flush(). */
   write(offsetBytes: number, src: Uint8Array): Promise<void>;
+  /** Optional gather write (pwritev): the buffers back to back at `offsetBytes`, no copy. */
+  writev?(offsetBytes: number, srcs: readonly Uint8Array[]): Promise<void>;
   /** A cache barrier: every write completed before the call is durable when it resolves. */
   flush(): Promise<void>;
   /** Releases the device. */

@@ -89,6 +89,35 @@ export class FileDevice implements BlockDevice {
     }
   }
 
+  async writev(offsetBytes: number, srcs: readonly Uint8Array[]): Promise<void> {
+    if (this.readOnly) throw new PosixError('EROFS', 'write', this.path);
+    let total = 0;
+    for (const b of srcs) total += b.length;
+    assertRange(this, offsetBytes, total);
+    let bufs = srcs.slice();
+    let at = offsetBytes;
+    while (bufs.length > 0) {
+      let n: number;
+      try {
+        n = (await this.fh.writev(bufs, at)).bytesWritten;
+      } catch (e) {
+        throw new IoError('write', String(e), at, { cause: e });
+      }
+      at += n;
+      // A short write: drop what went and retry the rest.
+      while (n > 0 && bufs.length > 0) {
+        const first = bufs[0]!;
+        if (n >= first.length) {
+          n -= first.length;
+          bufs.shift();
+        } else {
+          bufs[0] = first.subarray(n);
+          n = 0;
+        }
+      }
+    }
+  }
+
   async flush(): Promise<void> {
     if (this.readOnly) return;
     try {

@@ -175,10 +175,10 @@ export class AddressSpace {
   }
 
   /** The page at `index`, created empty (not uptodate, no flags) when absent. */
-  findOrCreatePage(index: number): Page {
+  findOrCreatePage(index: number, data?: Uint8Array): Page {
     let page = this.pages.get(index);
     if (page === undefined) {
-      page = new Page(this, index);
+      page = new Page(this, index, data);
       this.pages.set(index, page);
     }
     return page;

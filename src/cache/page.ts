@@ -83,13 +83,14 @@ export class Page {
   private writebackWaiters: (() => void)[] = [];
 
   /** Made by AddressSpace.findOrCreatePage; the geometry comes from the mapping. */
-  constructor(mapping: AddressSpace, index: number) {
+  constructor(mapping: AddressSpace, index: number, data?: Uint8Array) {
     assertPageGeometry(mapping.pageSizeBytes, mapping.blockSizeBytes);
     assert(Number.isSafeInteger(index) && index >= 0, () => `page index ${index}`);
     this.mapping = mapping;
     this.index = index;
     this.sizeBytes = mapping.pageSizeBytes;
-    this.data = new Uint8Array(this.sizeBytes);
+    assert(data === undefined || data.length === this.sizeBytes, () => `page ${index}: data of ${data?.length} bytes`);
+    this.data = data ?? new Uint8Array(this.sizeBytes);
     const perPage = this.sizeBytes / mapping.blockSizeBytes;
     const bufs: BufferHead[] = [];
     for (let i = 0; i < perPage; i++) bufs.push(new BufferHead(this, i, mapping.blockSizeBytes, index * perPage + i));

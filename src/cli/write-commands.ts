@@ -3,7 +3,9 @@
  * mknod) and `shell`, which reads the same verbs without the IMAGE argument from standard input,
  * one per line (words split like a POSIX shell: quotes and backslashes, no expansion), opens the
  * image once, stops at the first failing line (naming its number) and writes back at the end.
- * Each verb is defined once in VERBS and registered in both places.
+ * Each verb is defined once in VERBS and registered in both places, except the top-level
+ * `truncate`, which data-commands.ts registers with the data-path flags (the shell keeps the
+ * plain verb).
  */
 import { Command, CommanderError } from 'commander';
 import { createInterface } from 'node:readline';
@@ -16,6 +18,11 @@ interface Verb {
   /** commander argument specs after IMAGE, e.g. ['<path>']. */
   args: string[];
   options?: [flags: string, description: string][];
+  /**
+   * False for verbs that data-commands.ts registers at the top level with more options (the data
+   * flags); the shell still offers them in this plain form.
+   */
+  topLevel?: false;
   run(fs: Ext4, args: string[], opts: Record<string, unknown>): Promise<void>;
 }
 
@@ -48,13 +55,16 @@ function parseEpoch(text: string): { sec: number; nsec: number } {
   return { sec, nsec };
 }
 
-/** Sizes like truncate(1): bytes, or with K/M/G/T (powers of 1024). */
-function parseSize(text: string): number {
+/**
+ * Sizes like truncate(1): bytes, or with K/M/G/T (powers of 1024). `syscall` names the operation
+ * in the error (truncate, fallocate). Shared with data-commands.ts.
+ */
+export function parseSize(text: string, syscall = 'truncate'): number {
   const m = /^(\d+)([KMGT]?)$/i.exec(text);
-  if (m === null) throw new PosixError('EINVAL', 'truncate', undefined, `size ${JSON.stringify(text)} must be a number with an optional K/M/G/T`);
+  if (m === null) throw new PosixError('EINVAL', syscall, undefined, `size ${JSON.stringify(text)} must be a number with an optional K/M/G/T`);
   const mult = { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 }[(m[2] ?? '').toUpperCase() as '' | 'K' | 'M' | 'G' | 'T'];
   const n = Number(m[1]) * mult;
-  if (!Number.isSafeInteger(n)) throw new PosixError('EINVAL', 'truncate', undefined, `size ${text} out of range`);
+  if (!Number.isSafeInteger(n)) throw new PosixError('EINVAL', syscall, undefined, `size ${text} out of range`);
   return n;
 }
 
@@ -146,6 +156,7 @@ const VERBS: Verb[] = [
   },
   {
     name: 'truncate', description: 'set a file\'s size (shrinking frees blocks; growing leaves a hole)', args: ['<size>', '<path>'],
+    topLevel: false,
     async run(fs, [size, path]) {
       await fs.truncate(path!, parseSize(size!));
     },
@@ -189,6 +200,7 @@ function define(cmd: Command, v: Verb): Command {
 /** Registers every verb as `ext4ts VERB IMAGE ARGS…` and the `shell` command. */
 export function registerWriteCommands(program: Command): void {
   for (const v of VERBS) {
+    if (v.topLevel === false) continue;
     define(program.command(v.name).argument('<image>', 'the image file to change'), v)
       .action(async (image: string, ...rest: unknown[]) => {
         const args = rest.slice(0, v.args.length).filter((a): a is string => typeof a === 'string');

@@ -48,12 +48,15 @@ import { writeInode, addInodeBlocks } from '../fs/inode/inode.js';
 import { touch } from '../fs/inode/inode-life.js';
 import { ihold, irelease } from '../fs/inode/icache.js';
 import { faults } from '../runtime/faults.js';
-import { ExtentTree, type ExtentRec } from '../fs/extents/extent-tree.js';
+import { ExtentTree } from '../fs/extents/extent-tree.js';
+import { mapExtentPoint } from '../fs/extents/extent-lookup.js';
+import type { Mapping } from '../fs/extents/extent-read.js';
 import { getBalloc } from '../fs/alloc/balloc.js';
 import { setInodeSizeBytes } from '../format/inode.js';
 import { EXT_UNWRITTEN_MAX_LEN } from '../format/extent.js';
 import { AddressSpace, type ErrCursor } from '../cache/address-space.js';
 import { PG, type Page } from '../cache/page.js';
+import { PagePool } from '../cache/page-pool.js';
 import { BH, type BufferHead } from '../cache/buffer-head.js';
 import { endPageWrite, writePageBuffers } from '../cache/page-completion.js';
 import { Bio, BioBuilder, BIO_MAX_VECS, type BioStatus } from '../blockdev/bio.js';
@@ -77,9 +80,9 @@ export interface FileDataOptions {
   wq?: WorkQueue | undefined;
   /** Most segments per bio (default BIO_MAX_VECS); small values make one extent span many bios. */
   maxBioVecs?: number | undefined;
-  /** Dirty bytes at which writers are throttled (default 64 MiB); writeback starts at half. */
+  /** Dirty bytes at which writers are throttled (default 32 MiB); writeback starts at half. */
   dirtyLimitBytes?: number | undefined;
-  /** Cached bytes beyond which clean pages are evicted (default 256 MiB). */
+  /** Cached bytes beyond which clean pages are evicted (default 64 MiB). */
   cacheLimitBytes?: number | undefined;
 }
 
@@ -172,6 +175,8 @@ export class FileData {
   nrDirty = 0;
   /** Pages under writeback that a bio completion will end (NR_WRITEBACK). */
   nrWriteback = 0;
+  /** Page memory, recycled. */
+  private readonly pool: PagePool;
   /** Writers throttled until writeback makes progress. */
   private readonly writebackWaiters: (() => void)[] = [];
 
@@ -179,8 +184,9 @@ export class FileData {
     this.pageSizeBytes = opts.pageSizeBytes ?? 4096;
     this.wq = opts.wq ?? new HostWorkQueue();
     this.maxBioVecs = opts.maxBioVecs ?? BIO_MAX_VECS;
-    this.dirtyLimitBytes = Math.max(opts.dirtyLimitBytes ?? 64 << 20, 4 * this.pageSizeBytes);
-    this.cacheLimitBytes = Math.max(opts.cacheLimitBytes ?? 256 << 20, 2 * this.dirtyLimitBytes);
+    this.pool = new PagePool(this.pageSizeBytes);
+    this.dirtyLimitBytes = Math.max(opts.dirtyLimitBytes ?? 32 << 20, 4 * this.pageSizeBytes);
+    this.cacheLimitBytes = Math.max(opts.cacheLimitBytes ?? 64 << 20, 2 * this.dirtyLimitBytes);
   }
 
   /** The page at `idx` of `d`, created when absent (counted in nrPages). */
@@ -188,7 +194,7 @@ export class FileData {
     const hit = d.mapping.findPage(idx);
     if (hit !== undefined) return hit;
     this.nrPages++;
-    return d.mapping.findOrCreatePage(idx);
+    return d.mapping.findOrCreatePage(idx, this.pool.alloc());
   }
 
   /** Removes a clean page that nobody writes (delete_from_page_cache). */
@@ -197,6 +203,7 @@ export class FileData {
     d.mapping.deletePage(page);
     page.unlock();
     this.nrPages--;
+    this.pool.release(page.data);
   }
 
   /** Marks `page` dirty, counting it once. */
@@ -206,6 +213,10 @@ export class FileData {
 
   /** Forgets the whole page cache of `d` (its pages are garbage from now on). */
   private dropInodeData(d: InodeData): void {
+    for (const page of d.mapping.pagesInOrder()) {
+      assert(!PG.testWriteback(page), () => `${page.describe()}: dropped under writeback`);
+      this.pool.release(page.data);
+    }
     this.nrPages -= d.mapping.nrPages;
     this.nrDirty -= d.mapping.dirtyPages().length;
     assert(this.nrPages >= 0 && this.nrDirty >= 0, () => `inode ${d.info.ino}: page counts below zero`);
@@ -297,13 +308,18 @@ export class FileData {
     // Pages are made uptodate (and their buffers mapped) before the reservation check, which
     // then counts exactly the buffers that become Delay.
     const pages: Page[] = [];
+    const wholes: Page[] = [];
     for (let idx = Math.floor(pos / ps); idx * ps < end; idx++) {
       const page = this.getPage(d, idx);
       await page.waitOnWriteback();
       const whole = pos <= page.offsetBytes && end >= page.offsetBytes + ps;
-      if (!PG.testUptodate(page)) await this.fillPages(d, [page], whole);
+      if (!PG.testUptodate(page)) {
+        if (whole) wholes.push(page);
+        else await this.fillPages(d, [page], false);
+      }
       pages.push(page);
     }
+    if (wholes.length > 0) await this.fillPages(d, wholes, true);
     let need = 0;
     for (const page of pages) {
       for (const bh of page.buffers) {
@@ -429,18 +445,19 @@ export class FileData {
   private async fillPages(d: InodeData, pages: readonly Page[], whole: boolean): Promise<void> {
     const bs = this.s.blockSize;
     await d.withTree(async () => {
-      const tree = this.tree(d);
-      let e: ExtentRec | undefined;
+      // One point lookup per run (extent piece or hole up to the next extent), not per buffer.
+      let m: Mapping | undefined;
+      const lastLblk = pages.length === 0 ? 0 : pages[pages.length - 1]!.buffers[pages[pages.length - 1]!.buffers.length - 1]!.lblk;
       for (const page of pages) {
         if (PG.testUptodate(page)) continue;
         for (const bh of page.buffers) {
           if (BH.testMapped(bh) || BH.testDelay(bh)) continue;
-          if (e === undefined || bh.lblk < e.lblk || bh.lblk >= e.lblk + e.len) {
-            e = await tree.lookup(bh.lblk);
-            if (e === undefined) continue;
+          if (m === undefined || bh.lblk < m.lblk || bh.lblk >= m.lblk + m.len) {
+            m = await mapExtentPoint(this.s, d.info, bh.lblk, Math.max(1, lastLblk - bh.lblk + 1));
           }
-          bh.map(pblk(e.pblk + (bh.lblk - e.lblk)));
-          if (e.unwritten) BH.setUnwritten(bh);
+          if (m.kind === 'hole') continue;
+          bh.map(pblk(m.pblk + (bh.lblk - m.lblk)));
+          if (m.kind === 'unwritten') BH.setUnwritten(bh);
         }
       }
     });
