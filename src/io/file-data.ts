@@ -558,7 +558,7 @@ export class FileData {
       while (done < run.length) {
         const want = Math.min(run.length - done, EXT_UNWRITTEN_MAX_LEN);
         faults.hit('block_alloc');
-        const got = await balloc.allocBlocks({ goal, maxLen: want, minLen: 1, ino: d.info.ino });
+        const got = await balloc.allocBlocks({ goal, maxLen: want, minLen: 1, ino: d.info.ino, takeGoalRun: true });
         try {
           await tree.insert({ lblk: run[done]!.lblk, len: got.len, pblk: got.pblk, unwritten: true });
         } catch (e) {
@@ -1033,7 +1033,7 @@ export class FileData {
         let done = 0;
         while (done < h.len) {
           faults.hit('block_alloc');
-          const got = await balloc.allocBlocks({ goal, maxLen: Math.min(h.len - done, EXT_UNWRITTEN_MAX_LEN), minLen: 1, ino: d.info.ino });
+          const got = await balloc.allocBlocks({ goal, maxLen: Math.min(h.len - done, EXT_UNWRITTEN_MAX_LEN), minLen: 1, ino: d.info.ino, takeGoalRun: true });
           try {
             await tree.insert({ lblk: h.lblk + done, len: got.len, pblk: got.pblk, unwritten: true });
           } catch (e) {

@@ -17,6 +17,12 @@ export interface AllocRequest {
   ino?: number;
   /** Metadata (extent tree, directory, xattr) rather than file data: may use reserved blocks. */
   metadata?: boolean;
+  /**
+   * Take the free run that starts at `goal` even when it is shorter than maxLen (at least
+   * minLen): a file being extended stays contiguous across the end of a group instead of
+   * leaving the group's tail unused (mballoc's goal extent, ext4_mb_find_by_goal).
+   */
+  takeGoalRun?: boolean;
 }
 
 /** A run of physical blocks. */

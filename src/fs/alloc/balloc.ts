@@ -387,7 +387,7 @@ export class Balloc implements BlockAllocator {
     // Like ext4_mb_initialize_context: a goal outside the filesystem becomes its first block.
     const goal = Number.isSafeInteger(req.goal) && req.goal >= s.firstDataBlock && req.goal < s.blocksCount
       ? req.goal : s.firstDataBlock;
-    const c = await this.search(goal, minLen, want);
+    const c = await this.search(goal, minLen, want, req.takeGoalRun === true);
     if (c === undefined) throw enospc();
     return this.useRun(c);
   }
@@ -398,7 +398,7 @@ export class Balloc implements BlockAllocator {
    * of `want` in the following groups (wrapping around); else the longest run of at least
    * `minLen` anywhere (ties go to the one met first from the goal on).
    */
-  private async search(goal: number, minLen: number, want: number): Promise<Candidate | undefined> {
+  private async search(goal: number, minLen: number, want: number, takeGoalRun = false): Promise<Candidate | undefined> {
     const s = this.s;
     const { group: g0, bit: off0 } = groupOfBlock(s, goal);
     let best: Candidate | undefined;
@@ -411,6 +411,7 @@ export class Balloc implements BlockAllocator {
       const n = blocksInGroup(s, g0);
       const atGoal = bm.findNextSet(data, off0, Math.min(n, off0 + want)) - off0;
       if (atGoal >= want) return { group: g0, start: off0, len: want };
+      if (takeGoalRun && atGoal >= minLen) return { group: g0, start: off0, len: atGoal };
       consider(g0, { start: off0, len: atGoal });
       const after = bm.findZeroRun(data, off0, n, want);
       if (after.found) return { group: g0, start: after.start, len: want };

@@ -152,6 +152,16 @@ function canMerge(a: ExtentLeafEntry, b: ExtentLeafEntry): boolean {
   return a.len + b.len <= (a.unwritten ? EXT_UNWRITTEN_MAX_LEN : EXT_INIT_MAX_LEN);
 }
 
+/**
+ * Written neighbours, contiguous on disk, too long together for one extent, the left one not
+ * full: blocks can move from the right one into the left one.
+ */
+function canFill(a: ExtentLeafEntry, b: ExtentLeafEntry): boolean {
+  if (a.unwritten || b.unwritten) return false;
+  if (a.lblk + a.len !== b.lblk || a.pblk + a.len !== b.pblk) return false;
+  return a.len < EXT_INIT_MAX_LEN && a.len + b.len > EXT_INIT_MAX_LEN;
+}
+
 function lastOf(path: ExtentPath): PathLevel {
   const l = path[path.length - 1];
   assert(l !== undefined, 'empty extent path');
@@ -907,6 +917,7 @@ export class ExtentTree {
     let path = await this.findPath(lblk);
     let leaf = lastOf(path);
     let x = leaf.node.leaf(leaf.pos);
+    const depth = path.length - 1;
     const r = await this.rightNeighbour(path);
     if (r !== undefined && canMerge(x, r.ext)) {
       x = { ...x, len: x.len + r.ext.len };
@@ -915,12 +926,31 @@ export class ExtentTree {
       await this.removeExtentAt(r);
       path = await this.findPath(lblk);
       leaf = lastOf(path);
+    } else if (r !== undefined && canFill(x, r.ext)) {
+      // Too long for one extent: fill this one to the maximum from its right neighbour, so a
+      // file written in pieces ends with full-length extents (as few as the kernel makes).
+      const shift = EXT_INIT_MAX_LEN - x.len;
+      x = { ...x, len: EXT_INIT_MAX_LEN };
+      leaf.node.setLeaf(leaf.pos, x);
+      this.dirty(leaf);
+      r.leaf.node.setLeaf(r.pos, { ...r.ext, lblk: r.ext.lblk + shift, len: r.ext.len - shift, pblk: r.ext.pblk + shift });
+      this.dirty(r.leaf);
+      if (r.pos === 0) this.correctKeys(r.path, depth);
+      path = await this.findPath(lblk);
+      leaf = lastOf(path);
     }
     const l = await this.leftNeighbour(path, leaf.pos);
     if (l !== undefined && canMerge(l.ext, x)) {
       l.leaf.node.setLeaf(l.pos, { ...l.ext, len: l.ext.len + x.len });
       this.dirty(l.leaf);
       await this.removeEntries(path, path.length - 1, leaf.pos, leaf.pos + 1);
+    } else if (l !== undefined && canFill(l.ext, x)) {
+      const shift = EXT_INIT_MAX_LEN - l.ext.len;
+      l.leaf.node.setLeaf(l.pos, { ...l.ext, len: EXT_INIT_MAX_LEN });
+      this.dirty(l.leaf);
+      leaf.node.setLeaf(leaf.pos, { ...x, lblk: x.lblk + shift, len: x.len - shift, pblk: x.pblk + shift });
+      this.dirty(leaf);
+      if (leaf.pos === 0) this.correctKeys(path, depth);
     }
   }
 
