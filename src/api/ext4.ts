@@ -35,6 +35,8 @@ export interface OpenOptions extends MountOptions {
   pageSizeBytes?: number;
   /** Most segments per data bio (default 256). */
   maxBioVecs?: number;
+  /** Most bytes per data bio (default: the device's largest request, 1 MiB for a file). */
+  maxBioBytes?: number;
   /** Dirty page-cache bytes that throttle writers (default 32 MiB; writeback starts at half). */
   dirtyLimitBytes?: number;
   /** Page-cache bytes kept before clean pages are evicted (default 64 MiB). */
@@ -153,7 +155,7 @@ export class Ext4 {
       }
       let data: FileData | undefined;
       if (wops !== undefined) {
-        const fd = new FileData(sup, { pageSizeBytes: opts.pageSizeBytes, maxBioVecs: opts.maxBioVecs, dirtyLimitBytes: opts.dirtyLimitBytes, cacheLimitBytes: opts.cacheLimitBytes });
+        const fd = new FileData(sup, { pageSizeBytes: opts.pageSizeBytes, maxBioVecs: opts.maxBioVecs, maxBioBytes: opts.maxBioBytes, dirtyLimitBytes: opts.dirtyLimitBytes, cacheLimitBytes: opts.cacheLimitBytes });
         data = fd;
         // An inode whose last link and last open file went: its cached pages go, unwritten.
         wops.ns.onEvict = (info) => fd.discard(info);

@@ -48,6 +48,8 @@ export interface BioInit<P> {
   sector: number;
   /** Most segments the bio may hold (bi_max_vecs); default BIO_MAX_VECS. */
   maxVecs?: number;
+  /** Most bytes the bio may carry (a queue's max_sectors); default: the device's maxRequestBytes. */
+  maxBytes?: number;
   endIo: BioEndIo<P>;
   /** Caller's data for endIo (bi_private), e.g. the io_end the bio holds a reference on. */
   private: P;
@@ -62,6 +64,8 @@ export class Bio<P = undefined> {
   readonly sector: number;
   /** Most segments (bi_max_vecs). */
   readonly maxVecs: number;
+  /** Most bytes (the smaller of the caller's limit and the device's request size). */
+  readonly maxBytes: number;
   /** The segments (bi_io_vec), in device order. */
   readonly vecs: BioVec[] = [];
   /** Caller's data (bi_private). */
@@ -83,6 +87,8 @@ export class Bio<P = undefined> {
     this.op = init.op;
     this.sector = init.sector;
     this.maxVecs = init.maxVecs ?? BIO_MAX_VECS;
+    this.maxBytes = Math.min(init.maxBytes ?? Number.MAX_SAFE_INTEGER, init.dev.maxRequestBytes);
+    assert(this.maxBytes >= init.dev.sectorSize, () => `bio: limit of ${this.maxBytes} bytes is below one sector`);
     this.endIo = init.endIo;
     this.private = init.private;
     assert(Number.isSafeInteger(this.sector) && this.sector >= 0, () => `bio: bad sector ${this.sector}`);
@@ -122,7 +128,7 @@ export class Bio<P = undefined> {
     assert(Number.isSafeInteger(len) && len > 0 && len % ss === 0, () => `bio_add_page: length ${len} not a positive multiple of ${ss}`);
     assert(offset + len <= page.length, () => `bio_add_page: [${offset}, +${len}) past a ${page.length}-byte page`);
     if (sector !== this.endSector) return false;
-    if (this.sizeBytesValue + len > this.dev.maxRequestBytes) return false;
+    if (this.sizeBytesValue + len > this.maxBytes) return false;
     const last = this.vecs[this.vecs.length - 1];
     if (last !== undefined && last.page === page && last.offset + last.len === offset) {
       last.len += len;

@@ -65,10 +65,9 @@ function withDataFlags(cmd: Command): Command {
 }
 
 /**
- * Turns the data flags into open options. `--max-bio-kib N` becomes `maxBioVecs = N KiB / block
- * size` (the engine limits a bio by bio_vecs; adjacent blocks of one page share one, so with
- * pages larger than blocks a bio can carry more than N KiB). The block size is read first with a
- * read-only mount that ignores the journal and writes nothing.
+ * Turns the data flags into open options. `--max-bio-kib N` becomes `maxBioBytes = N KiB` (the
+ * queue's max_sectors: no bio carries more). The block size, which N must be a multiple of, is
+ * read first with a read-only mount that ignores the journal and writes nothing.
  */
 async function openOptions(image: string, o: DataFlags): Promise<OpenOptions> {
   const opts: OpenOptions = { readOnly: false };
@@ -89,7 +88,7 @@ async function openOptions(image: string, o: DataFlags): Promise<OpenOptions> {
   }
   if (kib !== undefined) {
     if ((kib * 1024) % blockSize !== 0) badKib(`${blockSize / 1024} KiB here`);
-    opts.maxBioVecs = (kib * 1024) / blockSize;
+    opts.maxBioBytes = kib * 1024;
   }
   return opts;
 }

@@ -80,6 +80,8 @@ export interface FileDataOptions {
   wq?: WorkQueue | undefined;
   /** Most segments per bio (default BIO_MAX_VECS); small values make one extent span many bios. */
   maxBioVecs?: number | undefined;
+  /** Most bytes per data bio (the queue's max_sectors; default: the device's request size). */
+  maxBioBytes?: number | undefined;
   /** Dirty bytes at which writers are throttled (default 32 MiB); writeback starts at half. */
   dirtyLimitBytes?: number | undefined;
   /** Cached bytes beyond which clean pages are evicted (default 64 MiB). */
@@ -163,6 +165,7 @@ export class FileData {
   readonly pageSizeBytes: number;
   readonly wq: WorkQueue;
   readonly maxBioVecs: number;
+  readonly maxBioBytes: number | undefined;
   /** Blocks reserved by delayed writes and not yet allocated (per filesystem). */
   reservedBlocks = 0;
   readonly stats: DataStats = { bios: 0, ioEnds: 0, unwrittenIoEnds: 0, conversions: 0, pagesWritten: 0, bytesWritten: 0 };
@@ -184,6 +187,10 @@ export class FileData {
     this.pageSizeBytes = opts.pageSizeBytes ?? 4096;
     this.wq = opts.wq ?? new HostWorkQueue();
     this.maxBioVecs = opts.maxBioVecs ?? BIO_MAX_VECS;
+    this.maxBioBytes = opts.maxBioBytes;
+    if (this.maxBioBytes !== undefined && (!Number.isSafeInteger(this.maxBioBytes) || this.maxBioBytes < s.blockSize || this.maxBioBytes % s.blockSize !== 0)) {
+      throw new PosixError('EINVAL', 'mount', undefined, `bio limit ${this.maxBioBytes} is not a positive multiple of the block size ${s.blockSize}`);
+    }
     this.pool = new PagePool(this.pageSizeBytes);
     this.dirtyLimitBytes = Math.max(opts.dirtyLimitBytes ?? 32 << 20, 4 * this.pageSizeBytes);
     this.cacheLimitBytes = Math.max(opts.cacheLimitBytes ?? 64 << 20, 2 * this.dirtyLimitBytes);
@@ -611,7 +618,7 @@ export class FileData {
         faults.hit('bio_alloc');
         this.stats.bios++;
         return new Bio<BioCtx>({
-          dev: this.s.dev, op: 'write', sector, maxVecs: this.maxBioVecs,
+          dev: this.s.dev, op: 'write', sector, maxVecs: this.maxBioVecs, ...(this.maxBioBytes !== undefined ? { maxBytes: this.maxBioBytes } : {}),
           private: { io: cur.get(), segs: [] },
           endIo: (bio, status) => this.endBio(bio, status),
         });
