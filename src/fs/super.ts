@@ -254,6 +254,10 @@ export class Ext4Super {
       this.sb.s_free_inodes_count = freeInodes;
       this.superDirty = true;
     }
+    // data=ordered without a journal: file data that completed before this commit (and the
+    // conversions that say it is written) must be durable before the metadata that points at
+    // it, or a crash could keep a converted extent whose data was lost (stale blocks).
+    if (this.cache.dirtyCount > 0) await this.dev.flush();
     await this.cache.sync();
     if (this.superDirty) {
       const t = this.now();
