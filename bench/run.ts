@@ -1,147 +1,87 @@
 /**
- * `npm run bench [-- --quick] [-- --runs N]`: side-by-side figures, each the median of several
- * runs, with ext4ts's figures also given as a ratio to the anchor measured in the same run.
- * Not a test: nothing here asserts a time. Prints a table and one JSON line per figure.
+ * `npm run bench [-- --quick] [-- --runs N] [-- --only build|write|dio|read] [-- --no-ext2fs]`:
+ * side-by-side figures, each the median of several runs, with ext4ts's figures also given as a
+ * ratio to the anchor measured in the same run. Not a test: nothing here asserts a time. Prints
+ * the machine facts, a table, and one JSON line per figure (progress goes to stderr).
  *
- * Read direction (issue 2): extract workload A from an image made by `mke2fs -d`, with
- * `ext4ts get` (the CLI, a fresh process like its rival) and with `debugfs -R "rdump / DIR"`.
- * Each extraction is checked (file count and bytes) before its time counts.
+ * Sections (one module each):
+ * 1. build (build-bench.ts, issue 6): image from a tree; ext4ts mkfs -d vs mke2fs -d, the ext2fs
+ *    package, the kernel through a loop mount, and the raw-write limit; workloads A and B.
+ * 2. write (write-bench.ts, issue 4): buffered 1 MiB sequential writes through the API.
+ * 3. dio (dio-bench.ts, issue 5): 4 KiB random O_DIRECT writes at queue depth 1 and 32.
+ * 4. read (read-bench.ts, issue 2): ext4ts get vs debugfs rdump on workload A.
  *
- * Besides wall time, each figure gives the median user and system CPU seconds of the child
- * process (Linux: the cutime/cstime of /proc/self/stat, in clock ticks of 10 ms). They show
- * where the time goes: system time is mostly the host filesystem creating files, the same work
- * for both tools, and it varies with the host (a no-journal ext4 host scans recently deleted
- * inodes on every create, so runs after `rm -rf` of the previous copy pay more).
+ * Workloads are seeded (workload.ts) and generated once per run in a scratch directory chosen by
+ * free space (env.ts). Mounts, loop devices and scratch files are removed on every exit path.
+ *
+ * CPU columns are the median user and system seconds of the measured work: waited-for children
+ * (cutime/cstime of /proc/self/stat) plus this process (process.cpuUsage()).
  */
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, readdirSync, lstatSync, readFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { makeTree, WORKLOAD_A, WORKLOAD_A_QUICK } from './workload.js';
+import { parseOptions, USAGE, UsageError, installCleanup, cleanupAll, makeScratch, machineFacts, type Section } from './env.js';
+import { figures, printTable } from './stats.js';
+import { makeTree, makeBigFiles, WORKLOAD_A, WORKLOAD_A_QUICK, WORKLOAD_B, WORKLOAD_B_QUICK, type TreeInfo } from './workload.js';
+import { buildBench } from './build-bench.js';
+import { writeBench } from './write-bench.js';
+import { dioBench } from './dio-bench.js';
+import { readBench } from './read-bench.js';
 
-const args = process.argv.slice(2);
-const quick = args.includes('--quick');
-const runsArg = args.indexOf('--runs');
-const RUNS = runsArg >= 0 ? Number(args[runsArg + 1]) : quick ? 3 : 5;
-const CLI = resolve(import.meta.dirname, '../src/cli/main.js');
-
-interface Figure {
-  name: string;
-  workload: string;
-  seconds: number;
-  /** Median CPU seconds of the child in user and kernel mode (absent where unknown). */
-  userSeconds?: number;
-  sysSeconds?: number;
-  anchor?: string;
-  ratio?: number;
-}
-const figures: Figure[] = [];
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? NaN;
-}
-
-/**
- * CPU seconds (user, system) used so far by waited-for children of this process, from fields
- * 16 and 17 of /proc/self/stat (after the command name, which may contain spaces), or
- * undefined off Linux. Clock ticks are taken as 100 per second (USER_HZ on every Linux port).
- */
-function childCpu(): { user: number; sys: number } | undefined {
-  try {
-    const stat = readFileSync('/proc/self/stat', 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // After ')' field 3 (state) is f[0], so field N is f[N - 3].
-    return { user: Number(f[13]) / 100, sys: Number(f[14]) / 100 };
-  } catch {
-    return undefined;
-  }
-}
-
-interface Timing { seconds: number; userSeconds?: number; sysSeconds?: number }
-
-/** Runs `fn` RUNS times (after `prep` each time, untimed); medians of wall and child CPU time. */
-function timeIt(prep: () => void, fn: () => void, check: () => void): Timing {
-  const times: number[] = [];
-  const user: number[] = [];
-  const sys: number[] = [];
-  for (let i = 0; i < RUNS; i++) {
-    prep();
-    const c0 = childCpu();
-    const t0 = performance.now();
-    fn();
-    const dt = (performance.now() - t0) / 1000;
-    const c1 = childCpu();
-    check();
-    times.push(dt);
-    if (c0 !== undefined && c1 !== undefined) {
-      user.push(c1.user - c0.user);
-      sys.push(c1.sys - c0.sys);
-    }
-  }
-  const cpu = user.length === RUNS ? { userSeconds: median(user), sysSeconds: median(sys) } : {};
-  return { seconds: median(times), ...cpu };
-}
-
-/** Counts regular files and their bytes under `dir` (symlinks not followed). */
-function countTree(dir: string): { files: number; bytes: number } {
-  let files = 0;
-  let bytes = 0;
-  const walk = (d: string): void => {
-    for (const n of readdirSync(d)) {
-      const p = join(d, n);
-      const st = lstatSync(p);
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile()) { files++; bytes += st.size; }
-    }
-  };
-  walk(dir);
-  return { files, bytes };
-}
-
-function sh(cmd: string, argv: string[]): void {
-  const r = spawnSync(cmd, argv, { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 26 });
-  if (r.status !== 0) throw new Error(`${cmd} ${argv.join(' ')} failed: ${r.stderr?.toString().slice(0, 500)}`);
-}
-
-async function readDirection(work: string): Promise<void> {
-  const spec = quick ? WORKLOAD_A_QUICK : WORKLOAD_A;
-  const src = join(work, 'tree');
-  const bytes = await makeTree(src, spec);
-  const img = join(work, 'a.img');
-  const sizeMiB = Math.ceil((bytes * 1.6) / (1 << 20)) + 64;
-  execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', src, img, `${sizeMiB}M`], { stdio: 'pipe' });
-  execFileSync('e2fsck', ['-fn', img], { stdio: 'pipe' });
-  const expect = countTree(src);
-  const out = join(work, 'out');
-  const prep = (): void => rmSync(out, { recursive: true, force: true });
-  const check = (root: string) => (): void => {
-    const got = countTree(root);
-    if (got.files !== expect.files || got.bytes !== expect.bytes) {
-      throw new Error(`extraction incomplete: ${got.files} files/${got.bytes} bytes, expected ${expect.files}/${expect.bytes}`);
-    }
-  };
-  const label = `A (${spec.files} files, ${(bytes / (1 << 20)).toFixed(0)} MiB)`;
-  const dbg = timeIt(() => { prep(); sh('mkdir', [out]); }, () => sh('debugfs', ['-R', `rdump / ${out}`, img]), check(out));
-  const ours = timeIt(prep, () => sh(process.execPath, [CLI, 'get', '-q', img, '/', out]), check(out));
-  figures.push({ name: 'debugfs rdump', workload: label, ...dbg });
-  figures.push({ name: 'ext4ts get', workload: label, ...ours, anchor: 'debugfs rdump', ratio: ours.seconds / dbg.seconds });
-}
+const GiB = 1 << 30;
+const log = (s: string): void => void process.stderr.write(`${s}\n`);
 
 async function main(): Promise<void> {
-  const work = mkdtempSync(join(tmpdir(), 'ext4ts-bench-'));
-  try {
-    await readDirection(work);
-  } finally {
-    rmSync(work, { recursive: true, force: true });
+  if (process.argv.includes('--help')) {
+    console.log(USAGE);
+    return;
   }
-  const cpu = (x: number | undefined): string => (x === undefined ? '-' : x.toFixed(2)).padStart(8);
-  console.log(`\n${'figure'.padEnd(22)}${'workload'.padEnd(30)}${'median s'.padStart(10)}${'user s'.padStart(8)}${'sys s'.padStart(8)}  ratio`);
-  for (const f of figures) {
-    console.log(`${f.name.padEnd(22)}${f.workload.padEnd(30)}${f.seconds.toFixed(3).padStart(10)}${cpu(f.userSeconds)}${cpu(f.sysSeconds)}  ${f.ratio !== undefined ? `${f.ratio.toFixed(2)} x ${f.anchor}` : '(anchor)'}`);
+  const opts = parseOptions(process.argv.slice(2));
+  const t0 = performance.now();
+  const elapsed = (): string => `${((performance.now() - t0) / 1000).toFixed(1)} s elapsed`;
+  installCleanup();
+  const wants = (s: Section): boolean => opts.only === undefined || opts.only === s;
+  // Trees, one image and one raw copy at a time (the 4 GiB write checks its own room).
+  const work = makeScratch(opts.quick ? GiB : 5 * GiB);
+  const facts = machineFacts(work);
+  console.log(`ext4ts bench${opts.quick ? ' --quick' : ''}: ${opts.runs} runs per figure (median)${opts.only ? `, only ${opts.only}` : ''}`);
+  for (const [k, v] of Object.entries(facts)) console.log(`  ${k.padEnd(15)} ${v}`);
+  console.log(JSON.stringify({ bench: 'machine', ...facts, quick: opts.quick, runs: opts.runs }));
+
+  let a: TreeInfo | undefined;
+  let aLabel = '';
+  if (wants('build') || wants('read')) {
+    const spec = opts.quick ? WORKLOAD_A_QUICK : WORKLOAD_A;
+    log(`generating workload A (${spec.files} files)…`);
+    a = await makeTree(join(work, 'tree-a'), spec);
+    aLabel = `A (${a.files.length} files, ${(a.totalBytes / (1 << 20)).toFixed(0)} MiB)`;
   }
-  for (const f of figures) console.log(JSON.stringify({ bench: f.name, ...f, runs: RUNS }));
+  if (wants('build') && a !== undefined) {
+    const spec = opts.quick ? WORKLOAD_B_QUICK : WORKLOAD_B;
+    log(`generating workload B (${spec.files} × ${spec.sizeBytes >> 20} MiB)…`);
+    const b = await makeBigFiles(join(work, 'tree-b'), spec);
+    log(`(${elapsed()})`);
+    await buildBench(opts, work, { a, aLabel, b, bLabel: `B (${spec.files} × ${spec.sizeBytes >> 20} MiB)` }, log);
+  }
+  log(`(${elapsed()})`);
+  if (wants('write')) await writeBench(opts, work, log);
+  log(`(${elapsed()})`);
+  if (wants('dio')) await dioBench(opts, work, log);
+  log(`(${elapsed()})`);
+  if (wants('read') && a !== undefined) await readBench(opts, work, a, aLabel, log);
+  printTable(`medians of ${opts.runs} runs unless marked; ratios are against anchors measured in this run; ` +
+    `total ${elapsed()}`);
 }
 
-await main();
+try {
+  await main();
+} catch (e) {
+  if (e instanceof UsageError) {
+    process.stderr.write(`bench: ${e.message}\n`);
+    process.exitCode = 2;
+  } else {
+    process.stderr.write(`bench: ${e instanceof Error ? e.stack ?? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  }
+} finally {
+  cleanupAll();
+}
