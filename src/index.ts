@@ -1,7 +1,10 @@
 /**
  * ext4ts: the public entry point. Everything a user imports comes from here.
  */
-export { Ext4, FileHandle, type OpenOptions, type FsInfo, type InodeLayout } from './api/ext4.js';
+export {
+  Ext4, FileHandle, type OpenOptions, type FsInfo, type InodeLayout, type OpenFlags, type FileOpenOptions,
+  type AioContext, type AioContextOptions, type AioRequest, type Iocb, type IoEvent,
+} from './api/ext4.js';
 export { Stats, Dirent, type Timespec, type FileType } from './api/stats.js';
 export { Corrupt, BadCrc, Incompatible, IoError, PosixError, Ext4Error, isExt4Error } from './util/errors.js';
 export { Ext4Bug } from './util/assert.js';

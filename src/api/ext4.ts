@@ -25,6 +25,9 @@ import { WriteOps, type TimeArg, type NodeSpec } from './write-ops.js';
 import { mkfs as mkfsImpl } from './mkfs.js';
 import type { ClockTime } from '../runtime/clock.js';
 import { FileData, type FallocateMode, type DataStats } from '../io/file-data.js';
+import { DirectIo } from '../io/direct-io.js';
+import { DirectFile, type AioContext, type AioContextOptions } from '../io/aio.js';
+export type { AioContext, AioContextOptions, AioRequest, Iocb, IoEvent } from '../io/aio.js';
 import type { ErrCursor } from '../cache/address-space.js';
 import { iget } from '../fs/inode/icache.js';
 
@@ -50,6 +53,11 @@ export type OpenFlags = 'r' | 'r+' | 'w' | 'w+' | 'wx' | 'wx+' | 'a' | 'a+' | 'a
 export interface FileOpenOptions {
   /** Mode of a file the open creates (default 0644). */
   mode?: number;
+  /**
+   * O_DIRECT: reads and writes bypass the page cache (offsets, lengths and buffers aligned to the
+   * block size, else EINVAL) and the handle offers `aio()` contexts. Read-write mounts only.
+   */
+  direct?: boolean;
 }
 
 interface ParsedFlags {
@@ -134,6 +142,8 @@ export class Ext4 {
     private readonly wops: WriteOps | undefined,
     /** The buffered data path of a read-write mount. */
     readonly data: FileData | undefined = undefined,
+    /** Direct I/O (O_DIRECT and the AIO contexts) of a read-write mount. */
+    private readonly dio: DirectIo | undefined = undefined,
   ) {}
 
   /** Creates a new filesystem on an image file or a BlockDevice (see `mkfs` in api/mkfs.ts). */
@@ -154,13 +164,16 @@ export class Ext4 {
         await wops.mountRw();
       }
       let data: FileData | undefined;
+      let dio: DirectIo | undefined;
       if (wops !== undefined) {
         const fd = new FileData(sup, { pageSizeBytes: opts.pageSizeBytes, maxBioVecs: opts.maxBioVecs, maxBioBytes: opts.maxBioBytes, dirtyLimitBytes: opts.dirtyLimitBytes, cacheLimitBytes: opts.cacheLimitBytes });
         data = fd;
         // An inode whose last link and last open file went: its cached pages go, unwritten.
         wops.ns.onEvict = (info) => fd.discard(info);
+        const w = wops;
+        dio = new DirectIo(sup, fd, { serialize: (fn) => w.run(fn) });
       }
-      return new Ext4(sup, journal, wops, data);
+      return new Ext4(sup, journal, wops, data, dio);
     } catch (e) {
       if (typeof image === 'string') await dev.close();
       throw e;
@@ -326,6 +339,7 @@ export class Ext4 {
     const w = this.wops;
     if (w === undefined) {
       if (f.write) throw new PosixError('EROFS', 'open', path, 'the image was opened read-only');
+      if (opts.direct === true) throw new PosixError('EINVAL', 'open', path, 'O_DIRECT needs a read-write mount');
       const info = await resolvePath(this.sup, path, true, 'open');
       return new FileHandle(this, info, f);
     }
@@ -346,7 +360,12 @@ export class Ext4 {
     try {
       const live = info.type === 'file' ? await w.run(() => iget(this.sup, ino)) : info;
       if (f.trunc && live.type === 'file') await this.truncateInfo(live, 0);
-      return new FileHandle(this, live, f, () => w.run(() => w.ns.unpin(ino)));
+      let direct: DirectFile | undefined;
+      if (opts.direct === true) {
+        if (live.type !== 'file' || this.dio === undefined) throw new PosixError('EINVAL', 'open', path, 'O_DIRECT needs a regular file');
+        direct = new DirectFile(this.dio, live, { read: f.read, write: f.write, append: f.append });
+      }
+      return new FileHandle(this, live, f, () => w.run(() => w.ns.unpin(ino)), direct);
     } catch (e) {
       await w.run(() => w.ns.unpin(ino));
       throw e;
@@ -496,6 +515,7 @@ export class Ext4 {
     const w = this.wops;
     const data = this.data;
     if (w === undefined) return;
+    await this.dio?.drain();
     if (data !== undefined) await w.run(() => data.flushAll());
     await w.sync();
   }
@@ -504,6 +524,7 @@ export class Ext4 {
   async close(): Promise<void> {
     const data = this.data;
     if (this.wops !== undefined) {
+      await this.dio?.drain();
       let lost: { ino: number; code: string }[] = [];
       await this.wops.run(async () => {
         try {
@@ -593,6 +614,8 @@ export class FileHandle {
     readonly info: InodeInfo,
     private readonly flags: ParsedFlags = parseOpenFlags('r'),
     private readonly onClose?: () => Promise<void>,
+    /** O_DIRECT: reads and writes go to DirectIo (never inside the mount's operation queue). */
+    private readonly direct?: DirectFile,
   ) {
     this.cursor = flags.write || fs.data !== undefined ? fs.errCursor(info) : undefined;
   }
@@ -607,6 +630,7 @@ export class FileHandle {
   async read(buffer: Uint8Array, offset = 0, length = buffer.length - offset, position = 0): Promise<{ bytesRead: number; buffer: Uint8Array }> {
     this.check('read', 'read');
     if (this.info.type === 'dir') throw new PosixError('EISDIR', 'read');
+    if (this.direct !== undefined) return this.direct.read(buffer, offset, length, position);
     const want = Math.min(length, buffer.length - offset);
     const data = this.fs.data !== undefined && this.info.type === 'file'
       ? await this.fs.readCached(this.info, position, want)
@@ -621,11 +645,25 @@ export class FileHandle {
    */
   async write(buffer: Uint8Array | string, offset = 0, length?: number, position = 0): Promise<{ bytesWritten: number; buffer: Uint8Array }> {
     this.check('write', 'write');
+    if (this.direct !== undefined) {
+      if (typeof buffer === 'string') throw new PosixError('EINVAL', 'write', undefined, 'O_DIRECT writes take an aligned Uint8Array');
+      return this.direct.write(buffer, offset, length ?? buffer.length - offset, position);
+    }
     const bytes = typeof buffer === 'string' ? new TextEncoder().encode(buffer) : buffer;
     const n = length ?? bytes.length - offset;
     if (offset < 0 || n < 0 || offset + n > bytes.length) throw new PosixError('EINVAL', 'write', undefined, `offset ${offset} + length ${n} outside a buffer of ${bytes.length}`);
     const written = await this.fs.writeInode(this.info, this.flags.append ? -1 : position, bytes.subarray(offset, offset + n));
     return { bytesWritten: written, buffer: bytes };
+  }
+
+  /**
+   * io_setup for an O_DIRECT handle: an asynchronous context whose submit() returns at once with
+   * a promise per request (see io/aio.ts for ordering and cancellation).
+   */
+  aio(opts: Omit<AioContextOptions, 'readable' | 'writable'> = {}): AioContext {
+    if (this.closed) throw new PosixError('EBADF', 'io_setup');
+    if (this.direct === undefined) throw new PosixError('EINVAL', 'io_setup', undefined, 'asynchronous I/O needs a handle opened with { direct: true }');
+    return this.direct.aio(opts);
   }
 
   /** ftruncate: the file gets `len` bytes (default 0). */
@@ -665,6 +703,7 @@ export class FileHandle {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.direct?.close();
     const err = this.cursor !== undefined ? this.fs.takeWriteError(this.info, this.cursor) : undefined;
     if (this.onClose !== undefined) await this.onClose();
     if (err !== undefined) throw new PosixError(err, 'close', undefined, `write error on inode ${this.info.ino}`);

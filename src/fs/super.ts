@@ -234,7 +234,24 @@ export class Ext4Super {
    * descriptors), then the descriptors' checksums, the free counts summed into the superblock,
    * all dirty blocks in order, and last the superblock; then a device flush.
    */
-  async commit(): Promise<void> {
+  commit(): Promise<void> {
+    return this.withMetaUpdate(() => this.commitLocked());
+  }
+
+  /**
+   * Runs `fn`, a metadata change made outside the mount's operation queue (the conversion work of
+   * io_ends), so that no commit interleaves with it: like a journal handle, it either lands
+   * wholly before a commit's write-out or wholly after (a buffer dirtied while the cache is being
+   * written would otherwise be marked clean unwritten, or trip the commit's empty-cache check).
+   */
+  withMetaUpdate<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.metaTail.then(fn, fn);
+    this.metaTail = p.then(() => undefined, () => undefined);
+    return p;
+  }
+  private metaTail: Promise<unknown> = Promise.resolve();
+
+  private async commitLocked(): Promise<void> {
     if (this.readOnly) return;
     this.assertWritable('commit');
     this.cache.finalizeAll();

@@ -378,7 +378,12 @@ export class FileData {
       for (const d of [...this.inodes.values()]) {
         if (this.nrDirty <= limitPages / 4) break;
         if (d.mapping.dirtyPages(0, 1).length === 0) continue;
-        await this.writepagesOf(d);
+        try {
+          await this.writepagesOf(d);
+        } catch (e) {
+          // balance_dirty_pages never fails a write: the pages stay dirty for a later pass.
+          if (!(e instanceof PosixError && e.code === 'ENOMEM')) throw e;
+        }
       }
     }
     while (this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0) {
@@ -491,7 +496,7 @@ export class FileData {
         for (const bh of page.buffers) {
           if (BH.testMapped(bh) && !BH.testUnwritten(bh)) {
             const last = run[run.length - 1];
-            if (last !== undefined && (last.pblk + 1 !== bh.pblk || run.length * bs >= READAHEAD_BYTES)) await flush();
+            if (last !== undefined && (last.pblk + 1 !== bh.pblk || (run.length + 1) * bs > Math.min(READAHEAD_BYTES, this.s.dev.maxRequestBytes))) await flush();
             run.push(bh);
           } else {
             page.data.fill(0, bh.offsetInPage, bh.offsetInPage + bs);
@@ -633,7 +638,9 @@ export class FileData {
     };
     for (const page of pages) {
       if (failure !== undefined) break;
-      if (!PG.testDirty(page)) continue;
+      // WB_SYNC_NONE: a dirty page still under writeback (redirtied by a failed pass) waits
+      // for the next pass.
+      if (!PG.testDirty(page) || PG.testWriteback(page)) continue;
       assert(page.trylock(), () => `${page.describe()}: locked during writepages`);
       if (page.clearDirtyForIo()) this.nrDirty--;
       const eofBytes = d.sizeBytes - page.offsetBytes;
@@ -721,7 +728,7 @@ export class FileData {
       d.mapping.setError('EIO');
       throw e;
     }
-    await d.withTree(async () => {
+    await this.s.withMetaUpdate(() => d.withTree(async () => {
       const tree = this.tree(d);
       let disk = d.info.size;
       for (const r of ranges) {
@@ -736,7 +743,7 @@ export class FileData {
       }
       if (disk > d.info.size) setInodeSizeBytes(d.info.view, disk);
       await writeInode(this.s, d.info);
-    });
+    }));
   }
 
   // -------------------------------------------------------------------------------------------
@@ -759,9 +766,14 @@ export class FileData {
   /** Writes and waits for one inode's dirty data, then its size (no commit). */
   async flushInode(info: InodeInfo): Promise<void> {
     const d = this.of(info);
-    await this.writepagesOf(d);
-    await d.io.waitIdle();
-    for (const p of d.mapping.findTagged('writeback')) await p.waitOnWriteback();
+    // WB_SYNC_ALL: a page redirtied while still under writeback (a pass that failed part-way)
+    // is skipped by one pass, so wait and pass again until nothing is dirty.
+    for (;;) {
+      await this.writepagesOf(d);
+      await d.io.waitIdle();
+      for (const p of d.mapping.findTagged('writeback')) await p.waitOnWriteback();
+      if (d.mapping.dirtyPages(0, 1).length === 0) break;
+    }
     assert(d.io.isIdle(), () => `inode ${info.ino}: io_ends alive after waitIdle`);
     if (d.info.size !== d.sizeBytes) setInodeSizeBytes(d.info.view, d.sizeBytes);
     await writeInode(this.s, d.info);
@@ -813,7 +825,15 @@ export class FileData {
       assert(d.io.isIdle() && d.mapping.dirtyPages().length === 0 && d.delayed === 0, () =>
         `inode ${d.info.ino}: dropCaches with dirty data or I/O in flight`);
     }
-    for (const d of [...this.inodes.values()]) this.dropInodeData(d);
+    for (const d of [...this.inodes.values()]) {
+      // A mapping whose errseq recorded an error stays (open files hold cursors into it);
+      // only its pages go.
+      if (d.mapping.wbErr.raw !== 0) {
+        for (const page of d.mapping.pagesInOrder()) this.dropPage(d, page);
+      } else {
+        this.dropInodeData(d);
+      }
+    }
   }
 
   /**
@@ -894,7 +914,8 @@ export class FileData {
     const dirty = d.mapping.dirtyPages(first, Math.max(0, last - first));
     if (dirty.length > 0) {
       await this.mapDelayed(d, dirty);
-      this.submitPages(d, dirty);
+      const err = this.submitPages(d, dirty);
+      if (err !== undefined) throw err;
     }
     for (const p of d.mapping.findTagged('writeback', first, Math.max(0, last - first))) await p.waitOnWriteback();
     await d.io.waitIdle();
