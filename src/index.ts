@@ -17,3 +17,4 @@ export {
   mkfs, seededRandom, cryptoRandom, fixedClock, systemClock, type MkfsOptions, type MkfsTargetOptions, type MkfsResult,
   type Random, type Clock, type ClockTime,
 } from './api/mkfs.js';
+export { build, type BuildOptions, type BuildSummary, type BuildProgress, type BuildPhase } from './build/index.js';

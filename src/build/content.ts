@@ -1,0 +1,277 @@
+/**
+ * File content for the builder: reads a regular file's bytes from where its source keeps them
+ * (a host file, a region of an uncompressed tar, memory) as chunks of at most CHUNK_BYTES placed
+ * at explicit file positions, so a file of any size streams through bounded memory.
+ *
+ * Holes: Node has no SEEK_DATA/SEEK_HOLE, so a host file whose allocation is smaller than its
+ * size (st_blocks * 512 < st_size) is treated as sparse and its all-zero blocks are skipped, as
+ * `cp --sparse=auto` does; every other file is copied whole. Reading stops early once the
+ * non-zero 512-byte sectors found account for every allocated byte (st_blocks): whatever follows
+ * can only be holes. Memory content may be a list of pieces at offsets (a manifest's sparse map).
+ *
+ * readAhead keeps the next files' first chunks (and the next chunk of the current file) in
+ * flight while the caller writes the current one, so source reads overlap the engine's work.
+ * Files up to SYNC_READ_BYTES are read with synchronous calls instead, when their turn comes:
+ * from the page cache that costs a few microseconds, where a promise-based open, read and close
+ * cost about 150 µs of CPU per file (measured: 20,000 files, 3.2 s of a 17 s data phase).
+ * The order in which files are handed out never depends on I/O timing: that order decides block
+ * allocation, and a reproducible image needs the same allocation every run.
+ */
+import { open, type FileHandle as HostFileHandle } from 'node:fs/promises';
+import { openSync, readSync, closeSync } from 'node:fs';
+import { badEntry, type BuildEntry, type Chunk } from './source.js';
+import { assert } from '../util/assert.js';
+
+export type { Chunk };
+
+/** The largest piece read or written at once. */
+export const CHUNK_BYTES = 1 << 20;
+
+const SECTOR = 512;
+
+/** Host files up to this size are read synchronously (see the module comment). */
+export const SYNC_READ_BYTES = 256 << 10;
+
+/** True when bytes[from, to) are all zero (four bytes at a time where aligned). */
+function isZero(b: Uint8Array, from: number, to: number): boolean {
+  let i = from;
+  const start = b.byteOffset + i;
+  if (start % 4 === 0) {
+    const words = new Uint32Array(b.buffer, start, (to - i) >>> 2);
+    for (let k = 0; k < words.length; k++) if (words[k] !== 0) return false;
+    i += words.length * 4;
+  }
+  for (; i < to; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * Splits `bytes` (file bytes at the block-aligned `pos`) into runs without all-zero
+ * `blockSize` blocks, and counts the 512-byte sectors holding a non-zero byte (each one must be
+ * allocated on the host, whatever its block size).
+ */
+export function scanSparse(pos: number, bytes: Uint8Array, blockSize: number): { runs: Chunk[]; nonZeroSectors: number } {
+  assert(pos % blockSize === 0 && blockSize % SECTOR === 0, () => `scanSparse at ${pos} with blocks of ${blockSize}`);
+  const runs: Chunk[] = [];
+  let nonZeroSectors = 0;
+  let runStart = -1;
+  for (let off = 0; off < bytes.length; off += blockSize) {
+    const end = Math.min(bytes.length, off + blockSize);
+    let zero = true;
+    for (let s = off; s < end; s += SECTOR) {
+      if (!isZero(bytes, s, Math.min(end, s + SECTOR))) {
+        zero = false;
+        nonZeroSectors++;
+      }
+    }
+    if (!zero && runStart < 0) runStart = off;
+    if (zero && runStart >= 0) {
+      runs.push({ pos: pos + runStart, bytes: bytes.subarray(runStart, off) });
+      runStart = -1;
+    }
+  }
+  if (runStart >= 0) runs.push({ pos: pos + runStart, bytes: bytes.subarray(runStart) });
+  return { runs, nonZeroSectors };
+}
+
+/** Bytes of content a file has to write (holes excluded where the source says where they are). */
+export function contentLength(e: BuildEntry): number {
+  const c = e.content;
+  if (c === undefined) return 0;
+  if (c.kind === 'bytes') return Math.min(c.bytes.length, e.sizeBytes);
+  if (c.kind === 'pieces') return c.pieces.reduce((n, p) => n + p.bytes.length, 0);
+  return e.sizeBytes;
+}
+
+/** An open host file being read chunk by chunk (a source file, or a plain tar). */
+class HostReader {
+  /** The open file; one promise, so that overlapping reads share one descriptor. */
+  private fh: Promise<HostFileHandle> | undefined;
+  constructor(private readonly e: BuildEntry, private readonly hostPath: string, private readonly offset: number) {}
+
+  /** Reads file bytes [pos, pos + len) of the entry. */
+  async read(pos: number, len: number): Promise<Uint8Array> {
+    this.fh ??= open(this.hostPath, 'r').catch((err: unknown) => {
+      throw badEntry(this.e.origin, `cannot read the source: ${(err as Error).message}`);
+    });
+    const fh = await this.fh;
+    const buf = new Uint8Array(len);
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await fh.read(buf, got, len - got, this.offset + pos + got);
+      if (bytesRead === 0) throw badEntry(this.e.origin, `the source ended at ${pos + got} of ${this.e.sizeBytes} bytes (changed during the build?)`);
+      got += bytesRead;
+    }
+    return buf;
+  }
+
+  /** Closes the file (after the reads in flight, which the caller awaited or abandoned). */
+  async close(): Promise<void> {
+    const fh = this.fh;
+    this.fh = undefined;
+    if (fh !== undefined) await (await fh.catch(() => undefined))?.close();
+  }
+}
+
+/** A file's content being fetched: the first chunk of a host file in flight. */
+interface Pending {
+  entry: BuildEntry;
+  reader: HostReader | undefined;
+  first: Promise<Uint8Array> | undefined;
+  /** Bytes fetched ahead for this file (counted against ReadAheadOptions.maxBytes). */
+  aheadBytes: number;
+}
+
+export interface ReadAheadOptions {
+  /** Image block size: the unit of hole detection. */
+  blockSize: number;
+  /** Files whose first chunk is fetched ahead of the one being written (default 8). */
+  depth?: number;
+  /** Most bytes fetched ahead in total (default 32 MiB). */
+  maxBytes?: number;
+}
+
+/**
+ * Hands out `files` in the given order, each with its content as chunks (holes skipped where
+ * known), reading ahead as ReadAheadOptions allows. Files must not have 'stream' content.
+ */
+export async function* readAhead(files: readonly BuildEntry[], opts: ReadAheadOptions): AsyncGenerator<{ entry: BuildEntry; chunks: AsyncGenerator<Chunk> }> {
+  const depth = opts.depth ?? 8;
+  const maxBytes = opts.maxBytes ?? 32 * CHUNK_BYTES;
+  const window: Pending[] = [];
+  const archives = new ArchiveFds();
+  let next = 0;
+  let ahead = 0;
+  const fill = (): void => {
+    while (next < files.length && window.length < depth && (ahead < maxBytes || window.length === 0)) {
+      // OK to index: next < files.length.
+      const p = start(files[next++]!);
+      ahead += p.aheadBytes;
+      window.push(p);
+    }
+  };
+  try {
+    fill();
+    while (window.length > 0) {
+      // OK to assert: the loop condition says the window is not empty.
+      const p = window.shift()!;
+      ahead -= p.aheadBytes;
+      fill();
+      yield { entry: p.entry, chunks: chunksOf(p, opts.blockSize, archives) };
+    }
+  } finally {
+    archives.closeAll();
+    // Stopped early (an error): let fetches in flight settle and close their files.
+    for (const p of window) {
+      await p.first?.catch(() => undefined);
+      await p.reader?.close().catch(() => undefined);
+    }
+  }
+}
+
+/** Descriptors of archives kept open while their members are read (one open per archive). */
+class ArchiveFds {
+  private readonly fds = new Map<string, number>();
+  get(hostPath: string): number {
+    let fd = this.fds.get(hostPath);
+    if (fd === undefined) {
+      fd = openSync(hostPath, 'r');
+      this.fds.set(hostPath, fd);
+    }
+    return fd;
+  }
+  closeAll(): void {
+    for (const fd of this.fds.values()) closeSync(fd);
+    this.fds.clear();
+  }
+}
+
+/** Reads a small host file (or a member of a plain tar) whole, synchronously. */
+function readSmallSync(e: BuildEntry, archives: ArchiveFds): Uint8Array {
+  const c = e.content;
+  assert(c?.kind === 'host' || c?.kind === 'archive', () => `${e.path}: readSmallSync of ${c?.kind ?? 'no'} content`);
+  const buf = new Uint8Array(e.sizeBytes);
+  let fd: number;
+  try {
+    fd = c.kind === 'archive' ? archives.get(c.hostPath) : openSync(c.hostPath, 'r');
+  } catch (err) {
+    throw badEntry(e.origin, `cannot read the source: ${(err as Error).message}`);
+  }
+  const offset = c.kind === 'archive' ? c.offset : 0;
+  try {
+    for (let got = 0; got < buf.length; ) {
+      const n = readSync(fd, buf, got, buf.length - got, offset + got);
+      if (n === 0) throw badEntry(e.origin, `the source ended at ${got} of ${e.sizeBytes} bytes (changed during the build?)`);
+      got += n;
+    }
+  } finally {
+    if (c.kind === 'host') closeSync(fd);
+  }
+  return buf;
+}
+
+/** Starts fetching the first chunk of a big host-backed file; small and memory content need nothing yet. */
+function start(entry: BuildEntry): Pending {
+  const c = entry.content;
+  if (c === undefined || c.kind === 'bytes' || c.kind === 'pieces') return { entry, reader: undefined, first: undefined, aheadBytes: 0 };
+  if (entry.sizeBytes <= SYNC_READ_BYTES) return { entry, reader: undefined, first: undefined, aheadBytes: 0 };
+  assert(c.kind !== 'stream', () => `${entry.path}: readAhead of streamed content`);
+  const reader = new HostReader(entry, c.hostPath, c.kind === 'archive' ? c.offset : 0);
+  const len = Math.min(entry.sizeBytes, CHUNK_BYTES);
+  const first = reader.read(0, len);
+  // Fetched ahead: a failure is reported when the file's turn comes, not as an unhandled rejection.
+  first.catch(() => undefined);
+  return { entry, reader, first, aheadBytes: len };
+}
+
+/** Memory content as chunks of at most CHUNK_BYTES. */
+function* memoryChunks(pieces: readonly Chunk[], sizeBytes: number): Generator<Chunk> {
+  for (const p of pieces) {
+    const end = Math.min(p.bytes.length, sizeBytes - p.pos);
+    for (let off = 0; off < end; off += CHUNK_BYTES) {
+      yield { pos: p.pos + off, bytes: p.bytes.subarray(off, Math.min(end, off + CHUNK_BYTES)) };
+    }
+  }
+}
+
+/** The chunks of one file: memory pieces, or host bytes read one chunk ahead of the writes. */
+async function* chunksOf(p: Pending, blockSize: number, archives: ArchiveFds): AsyncGenerator<Chunk> {
+  const e = p.entry;
+  const c = e.content;
+  if (c?.kind === 'bytes') return yield* memoryChunks([{ pos: 0, bytes: c.bytes }], e.sizeBytes);
+  if (c?.kind === 'pieces') return yield* memoryChunks(c.pieces, e.sizeBytes);
+  if ((c?.kind === 'host' || c?.kind === 'archive') && e.sizeBytes <= SYNC_READ_BYTES) {
+    const bytes = readSmallSync(e, archives);
+    if (c.kind === 'host' && c.sparse) return yield* scanSparse(0, bytes, blockSize).runs;
+    return yield { pos: 0, bytes };
+  }
+  if (p.reader === undefined || p.first === undefined) return;
+  const reader = p.reader;
+  const sparse = c?.kind === 'host' && c.sparse;
+  let sectorsLeft = Math.ceil(e.allocBytes / SECTOR);
+  // The read in flight: settled before the file is closed, however the loop ends.
+  let inflight: Promise<Uint8Array> = p.first;
+  try {
+    for (let pos = 0; pos < e.sizeBytes; ) {
+      const cur = inflight;
+      const nextPos = pos + Math.min(CHUNK_BYTES, e.sizeBytes - pos);
+      if (nextPos < e.sizeBytes) {
+        inflight = reader.read(nextPos, Math.min(CHUNK_BYTES, e.sizeBytes - nextPos));
+        inflight.catch(() => undefined);
+      }
+      const bytes = await cur;
+      if (!sparse) yield { pos, bytes };
+      else {
+        const s = scanSparse(pos, bytes, blockSize);
+        yield* s.runs;
+        sectorsLeft -= s.nonZeroSectors;
+        // Every allocated sector is accounted for: the rest of the file is holes.
+        if (sectorsLeft <= 0) return;
+      }
+      pos = nextPos;
+    }
+  } finally {
+    await inflight.catch(() => undefined);
+    await reader.close();
+  }
+}
