@@ -5,7 +5,8 @@
  * capped at 40 like Linux's MAXSYMLINKS, and a symlink body at one block (PATH_MAX).
  */
 import type { Ext4Super } from './super.js';
-import { readInode, type InodeInfo } from './inode/inode.js';
+import { readInode as readInodeFromTable, type InodeInfo } from './inode/inode.js';
+import { iget } from './inode/icache.js';
 import { lookup } from './dir/dir.js';
 import { FileMap, readMappedRange } from './inode/file-map.js';
 import { inlineBytes } from './inode/inline.js';
@@ -54,6 +55,8 @@ export async function readSymlink(s: Ext4Super, info: InodeInfo): Promise<Uint8A
  */
 export async function resolvePath(s: Ext4Super, path: string, followLast: boolean, syscall: string): Promise<InodeInfo> {
   let hops = 0;
+  // A read-write mount keeps in-core inodes (iget): no copy and checksum check per component.
+  const readInode = s.readOnly ? readInodeFromTable : iget;
   const walk = async (start: InodeInfo, comps: Uint8Array[]): Promise<InodeInfo> => {
     let cur = start;
     for (let i = 0; i < comps.length; i++) {

@@ -35,6 +35,7 @@
  * than two live entries, which ext4 never leaves) is repacked instead of split.
  */
 import type { Ext4Super } from '../super.js';
+import { dcacheGet, dcacheSet, dcacheDelete } from './dcache.js';
 import { type InodeInfo, writeInode } from '../inode/inode.js';
 import type { MetaBuffer } from '../../cache/buffer-cache.js';
 import {
@@ -402,8 +403,12 @@ export async function findEntry(
     const d = isDot(name) ? root.dot : root.dotdot;
     return { ino: d.ino, fileType: d.fileType };
   }
+  const hit = dcacheGet(s, dir.ino, name);
+  if (hit !== undefined) return hit;
   const f = await locate(op, name);
-  return f === undefined ? undefined : { ino: f.entry.ino, fileType: f.entry.fileType };
+  if (f === undefined) return undefined;
+  dcacheSet(s, dir.ino, name, f.entry.ino, f.entry.fileType);
+  return { ino: f.entry.ino, fileType: f.entry.fileType };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -432,6 +437,13 @@ function addToLeaf(op: Op, leaf: Leaf, e: DirEntryInput): boolean {
  * appended or the htree index is full.
  */
 export async function addEntry(
+  s: Ext4Super, dir: InodeInfo, blocks: DirBlocks, name: Uint8Array, ino: number, fileType: number,
+): Promise<void> {
+  await addEntryUncached(s, dir, blocks, name, ino, fileType);
+  dcacheSet(s, dir.ino, name, ino, s.features.filetype ? fileType : 0);
+}
+
+async function addEntryUncached(
   s: Ext4Super, dir: InodeInfo, blocks: DirBlocks, name: Uint8Array, ino: number, fileType: number,
 ): Promise<void> {
   const op = opOf(s, dir, blocks);
@@ -696,6 +708,12 @@ async function doSplit(op: Op, frame: Frame, leaf: Leaf, e: DirEntryInput, p: Pr
  * Htree leaves are not merged and the directory keeps its blocks, as in the kernel.
  */
 export async function removeEntry(s: Ext4Super, dir: InodeInfo, blocks: DirBlocks, name: Uint8Array): Promise<number> {
+  const ino = await removeEntryUncached(s, dir, blocks, name);
+  dcacheDelete(s, dir.ino, name);
+  return ino;
+}
+
+async function removeEntryUncached(s: Ext4Super, dir: InodeInfo, blocks: DirBlocks, name: Uint8Array): Promise<number> {
   const op = opOf(s, dir, blocks);
   checkName(name);
   const f = await locate(op, name);
@@ -711,6 +729,14 @@ export async function removeEntry(s: Ext4Super, dir: InodeInfo, blocks: DirBlock
  * name) and returns the inode it named before; ENOENT when absent.
  */
 export async function replaceEntryIno(
+  s: Ext4Super, dir: InodeInfo, blocks: DirBlocks, name: Uint8Array, ino: number, fileType: number,
+): Promise<number> {
+  const old = await replaceEntryInoUncached(s, dir, blocks, name, ino, fileType);
+  dcacheSet(s, dir.ino, name, ino, s.features.filetype ? fileType : 0);
+  return old;
+}
+
+async function replaceEntryInoUncached(
   s: Ext4Super, dir: InodeInfo, blocks: DirBlocks, name: Uint8Array, ino: number, fileType: number,
 ): Promise<number> {
   const op = opOf(s, dir, blocks);

@@ -6,6 +6,7 @@
  * way __ext4_read_dirblock's is_dx_block does. A hole in a directory is corruption.
  */
 import type { Ext4Super } from '../super.js';
+import { dcacheGet, dcacheSet } from './dcache.js';
 import type { InodeInfo } from '../inode/inode.js';
 import { FileMap } from '../inode/file-map.js';
 import { inlineBytes } from '../inode/inline.js';
@@ -102,6 +103,14 @@ function* inlineEntries(info: InodeInfo): Generator<DirEntry> {
 
 /** Finds `name` in a directory; uses the htree index when the directory has one. */
 export async function lookup(s: Ext4Super, info: InodeInfo, name: Uint8Array): Promise<DirEntry | undefined> {
+  const hit = dcacheGet(s, info.ino, name);
+  if (hit !== undefined) return { name, ino: hit.ino, fileType: hit.fileType };
+  const e = await lookupUncached(s, info, name);
+  if (e !== undefined) dcacheSet(s, info.ino, name, e.ino, e.fileType);
+  return e;
+}
+
+async function lookupUncached(s: Ext4Super, info: InodeInfo, name: Uint8Array): Promise<DirEntry | undefined> {
   if (info.isIndexedDir && s.features.dirIndex && !info.hasInlineData) return dxLookup(s, info, name);
   for await (const e of iterateDir(s, info)) if (bytesEqual(e.name, name)) return e;
   return undefined;

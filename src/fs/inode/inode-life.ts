@@ -8,6 +8,7 @@
 import type { Ext4Super } from '../super.js';
 import { InodeInfo, writeInode, addInodeBlocks } from './inode.js';
 import { iadd, iforget } from './icache.js';
+import { dcacheDropDir } from '../dir/dcache.js';
 import { listIndirectBlocks } from './block-map.js';
 import { MAX_LBLK } from './file-map.js';
 import { ExtentTree } from '../extents/extent-tree.js';
@@ -149,6 +150,7 @@ export async function evictInode(s: Ext4Super, info: InodeInfo): Promise<void> {
   info.view.i_dtime = now.sec >>> 0;
   await writeInode(s, info);
   await freeInode(s, info.ino, isDir);
+  if (isDir) dcacheDropDir(s, info.ino);
   iforget(s, info.ino);
 }
 

@@ -1,0 +1,80 @@
+/**
+ * The dentry cache (the kernel's dcache, positive entries only): (directory inode, name) → the
+ * entry's inode and file type, so a path walk does not scan or re-verify directory blocks for
+ * every component it has seen before. Kept exact by the directory writers: every entry added,
+ * removed or retargeted in dir-write.ts updates it after the change succeeded, and a freed
+ * directory drops its names (its inode number may come back as another directory).
+ * '.' and '..' are never cached (rename moves '..').
+ */
+import type { Ext4Super } from '../super.js';
+
+/** Names cached per mount before the whole cache is dropped (a simple bound on memory). */
+const DCACHE_MAX = 1 << 18;
+
+interface Dentry {
+  ino: number;
+  fileType: number;
+}
+
+interface Dcache {
+  dirs: Map<number, Map<string, Dentry>>;
+  size: number;
+}
+
+const caches = new WeakMap<Ext4Super, Dcache>();
+
+function cacheOf(s: Ext4Super): Dcache {
+  let c = caches.get(s);
+  if (c === undefined) {
+    c = { dirs: new Map(), size: 0 };
+    caches.set(s, c);
+  }
+  return c;
+}
+
+/** The name's bytes as a string key, one char per byte (exact, whatever the encoding). */
+function keyOf(name: Uint8Array): string | undefined {
+  if (name.length === 0 || (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e)))) return undefined;
+  let k = '';
+  for (const b of name) k += String.fromCharCode(b);
+  return k;
+}
+
+export function dcacheGet(s: Ext4Super, dirIno: number, name: Uint8Array): Dentry | undefined {
+  const k = keyOf(name);
+  return k === undefined ? undefined : caches.get(s)?.dirs.get(dirIno)?.get(k);
+}
+
+export function dcacheSet(s: Ext4Super, dirIno: number, name: Uint8Array, ino: number, fileType: number): void {
+  const k = keyOf(name);
+  if (k === undefined) return;
+  const c = cacheOf(s);
+  if (c.size >= DCACHE_MAX) {
+    c.dirs.clear();
+    c.size = 0;
+  }
+  let d = c.dirs.get(dirIno);
+  if (d === undefined) {
+    d = new Map();
+    c.dirs.set(dirIno, d);
+  }
+  if (!d.has(k)) c.size++;
+  d.set(k, { ino, fileType });
+}
+
+export function dcacheDelete(s: Ext4Super, dirIno: number, name: Uint8Array): void {
+  const k = keyOf(name);
+  const c = caches.get(s);
+  const d = c?.dirs.get(dirIno);
+  if (k === undefined || c === undefined || d === undefined) return;
+  if (d.delete(k)) c.size--;
+}
+
+/** A directory was freed: forget every name cached under it. */
+export function dcacheDropDir(s: Ext4Super, dirIno: number): void {
+  const c = caches.get(s);
+  const d = c?.dirs.get(dirIno);
+  if (c === undefined || d === undefined) return;
+  c.size -= d.size;
+  c.dirs.delete(dirIno);
+}
