@@ -110,7 +110,7 @@ export class FileDevice implements BlockDevice {
     for (const b of bufs) lenBytes += b.length;
     assertRange(this, offsetBytes, lenBytes);
     return new Promise((resolve, reject) => {
-      if (this.plugged.length === 0) queueMicrotask(() => this.unplug());
+      if (this.plugged.length === 0) setImmediate(() => this.unplug());
       this.plugged.push({ offsetBytes, lenBytes, bufs, resolve, reject });
     });
   }
