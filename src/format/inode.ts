@@ -190,11 +190,14 @@ export function setInodeTime(ino: InodeView, which: TimeField, t: Timespec, inod
   }
 }
 
+/** Scratch for le32 (crc32cRaw consumes it before the next call). */
+const LE32_BYTES = new Uint8Array(4);
+const LE32_VIEW = new DataView(LE32_BYTES.buffer);
 function le32(n: number): Uint8Array {
-  const b = new Uint8Array(4);
-  new DataView(b.buffer).setUint32(0, n >>> 0, true);
-  return b;
+  LE32_VIEW.setUint32(0, n >>> 0, true);
+  return LE32_BYTES;
 }
+const ZERO2 = new Uint8Array(2);
 
 /** The per-inode checksum seed: crc32c(fs seed, ino) then crc32c(…, i_generation). */
 export function inodeCsumSeed(fsSeed: number, inoNr: number, generation: number): number {
@@ -209,15 +212,16 @@ const CSUM_HI = Inode.offsetOf('i_checksum_hi');
  * fits) taken as zero. `record` is exactly s_inode_size bytes.
  */
 export function computeInodeCsum(record: Uint8Array, inodeSeed: number, hiFits: boolean): number {
-  const copy = record.slice();
-  copy[CSUM_LO] = 0;
-  copy[CSUM_LO + 1] = 0;
+  // Chained over the pieces around the checksum fields (each taken as two zero bytes): no copy.
+  let c = crc32cRaw(inodeSeed, record.subarray(0, CSUM_LO));
+  c = crc32cRaw(c, ZERO2);
   if (hiFits) {
-    copy[CSUM_HI] = 0;
-    copy[CSUM_HI + 1] = 0;
+    c = crc32cRaw(c, record.subarray(CSUM_LO + 2, CSUM_HI));
+    c = crc32cRaw(c, ZERO2);
+    c = crc32cRaw(c, record.subarray(CSUM_HI + 2));
+    return c;
   }
-  const c = crc32cRaw(inodeSeed, copy);
-  return hiFits ? c : c & 0xffff;
+  return crc32cRaw(c, record.subarray(CSUM_LO + 2)) & 0xffff;
 }
 
 /**
