@@ -790,6 +790,9 @@ export class FileData {
       try {
         await this.writepagesOf(d);
       } catch (e) {
+        // An allocation failure of one inode must not stop the others; anything else (a bug,
+        // corruption) stops at once rather than hide behind an earlier ENOMEM.
+        if (!(e instanceof PosixError)) throw e;
         first ??= e;
       }
     }
@@ -911,14 +914,19 @@ export class FileData {
     const ps = this.pageSizeBytes;
     const first = Math.floor(start / ps);
     const last = Math.ceil(end / ps);
-    const dirty = d.mapping.dirtyPages(first, Math.max(0, last - first));
-    if (dirty.length > 0) {
-      await this.mapDelayed(d, dirty);
-      const err = this.submitPages(d, dirty);
-      if (err !== undefined) throw err;
+    // WB_SYNC_ALL over the range: a page redirtied while still under writeback is skipped by one
+    // pass, so wait and pass again until the range is clean.
+    for (;;) {
+      const dirty = d.mapping.dirtyPages(first, Math.max(0, last - first));
+      if (dirty.length > 0) {
+        await this.mapDelayed(d, dirty);
+        const err = this.submitPages(d, dirty);
+        if (err !== undefined) throw err;
+      }
+      for (const p of d.mapping.findTagged('writeback', first, Math.max(0, last - first))) await p.waitOnWriteback();
+      await d.io.waitIdle();
+      if (d.mapping.dirtyPages(first, Math.max(1, last - first)).length === 0) break;
     }
-    for (const p of d.mapping.findTagged('writeback', first, Math.max(0, last - first))) await p.waitOnWriteback();
-    await d.io.waitIdle();
   }
 
   /**
