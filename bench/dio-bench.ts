@@ -45,43 +45,12 @@ interface DirectFile {
  * O_DIRECT yet (an open that ignored the option would give a buffered handle without `aio`).
  */
 async function openDirect(fs: Ext4, path: string): Promise<DirectFile> {
-  /** The queue: `write(buf, pos)` as planned, or an io_submit-shaped `submit([iocb])` (io/aio.ts). */
-  interface Aio {
-    write?(buf: Uint8Array, pos: number): Promise<unknown>;
-    submit?(iocbs: { op: 'write'; buf: Uint8Array; pos: number }[]): { done: Promise<unknown> }[];
-  }
-  interface DioHandle {
-    fallocate?(offset: number, len: number): Promise<void>;
-    write(buf: Uint8Array, offset: number, length: number, position: number): Promise<unknown>;
-    aio?(opts: { depth: number }): Aio;
-    close(): Promise<void>;
-  }
-  // OK to cast: the three-argument open with `direct` is the interface being built (issue 5).
-  const openAny = fs.open.bind(fs) as unknown as (p: string, flags: string, o: { direct: boolean }) => Promise<DioHandle>;
-  let fh: DioHandle;
-  try {
-    fh = await openAny(path, 'r+', { direct: true });
-  } catch (e) {
-    throw new NotAvailable(`no O_DIRECT in this build: ${firstLine(e)}`);
-  }
-  if (typeof fh.fallocate !== 'function' || typeof fh.aio !== 'function') {
-    await fh.close();
-    throw new NotAvailable('no O_DIRECT in this build');
-  }
+  const fh = await fs.open(path, 'r+', { direct: true });
   await fh.fallocate(0, FILE_BYTES);
   const q = fh.aio({ depth: Math.max(...DEPTHS) });
-  const writeAsync = q.write !== undefined
-    ? q.write.bind(q)
-    : q.submit !== undefined
-      ? (buf: Uint8Array, pos: number): Promise<unknown> => q.submit!([{ op: 'write', buf, pos }])[0]!.done
-      : undefined;
-  if (writeAsync === undefined) {
-    await fh.close();
-    throw new NotAvailable('no O_DIRECT in this build (aio queue has neither write nor submit)');
-  }
   return {
     write: (buf, pos) => fh.write(buf, 0, IO_BYTES, pos),
-    writeAsync,
+    writeAsync: (buf: Uint8Array, pos: number): Promise<unknown> => q.submit([{ op: 'write', buf, pos }])[0]!.done,
     close: () => fh.close(),
   };
 }
