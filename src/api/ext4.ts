@@ -21,7 +21,7 @@ import { Ext4Error, PosixError, type ErrnoCode } from '../util/errors.js';
 import { assert } from '../util/assert.js';
 import { decodeName } from '../util/bytes.js';
 import { Stats, Dirent, fileTypeOfFt } from './stats.js';
-import { WriteOps, type TimeArg, type NodeSpec } from './write-ops.js';
+import { WriteOps, toTimespec, type TimeArg, type NodeSpec } from './write-ops.js';
 import { mkfs as mkfsImpl } from './mkfs.js';
 import type { ClockTime } from '../runtime/clock.js';
 import { FileData, type FallocateMode, type DataStats } from '../io/file-data.js';
@@ -481,6 +481,17 @@ export class Ext4 {
     await this.fallocateInfo(await w.run(() => iget(this.sup, info.ino)), offset, len, mode);
   }
 
+  /** @internal FileHandle.utimes / FileHandle.chown. */
+  async setattrInfo(info: InodeInfo, attr: { atime?: TimeArg | undefined; mtime?: TimeArg | undefined; uid?: number; gid?: number }): Promise<void> {
+    const w = this.w('setattr');
+    await w.run(async () => {
+      if (attr.uid !== undefined || attr.gid !== undefined) await w.ns.chownInode(info, attr.uid, attr.gid);
+      if (attr.atime !== undefined || attr.mtime !== undefined) {
+        await w.ns.utimesInode(info, attr.atime === undefined ? undefined : toTimespec(attr.atime), attr.mtime === undefined ? undefined : toTimespec(attr.mtime));
+      }
+    });
+  }
+
   /** @internal */
   async fallocateInfo(info: InodeInfo, offset: number, len: number, mode: FallocateMode): Promise<void> {
     const w = this.w('fallocate');
@@ -677,6 +688,18 @@ export class FileHandle {
     this.check('fallocate', 'write');
     if (this.info.type !== 'file') throw new PosixError('ENODEV', 'fallocate');
     await this.fs.fallocateInfo(this.info, offset, len, mode);
+  }
+
+  /** futimens: nanosecond times ({sec, nsec}), seconds or Dates; undefined keeps one. */
+  async utimes(atime: TimeArg | undefined, mtime: TimeArg | undefined): Promise<void> {
+    if (this.closed) throw new PosixError('EBADF', 'futimens');
+    await this.fs.setattrInfo(this.info, { atime, mtime });
+  }
+
+  /** fchown (numeric ids). */
+  async chown(uid: number, gid: number): Promise<void> {
+    if (this.closed) throw new PosixError('EBADF', 'fchown');
+    await this.fs.setattrInfo(this.info, { uid, gid });
   }
 
   /** fsync: writes this file's data and the metadata; a write error is reported once (EIO). */

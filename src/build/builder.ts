@@ -404,10 +404,14 @@ class Builder {
       }
       this.progress.bytesDone = before + contentLength(e);
       if (end < e.sizeBytes) await fh.truncate(e.sizeBytes);
+      // futimens on the open file: no second path walk.
+      if (e.atime !== undefined || e.mtime !== undefined) {
+        const now = this.clock.now();
+        await fh.utimes(e.atime ?? now, e.mtime ?? now);
+      }
     } finally {
       await fh.close();
     }
-    await this.setTimes(fs, e);
     this.progress.filesDone++;
     this.report();
   }

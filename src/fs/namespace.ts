@@ -409,7 +409,11 @@ export class Namespace {
 
   /** chown; -1 (or undefined) leaves that id unchanged, like chown(2). */
   async chown(path: string, uid: number | undefined, gid: number | undefined, followLast = true): Promise<void> {
-    const info = await this.inode(path, followLast, 'chown');
+    await this.chownInode(await this.inode(path, followLast, 'chown'), uid, gid);
+  }
+
+  /** fchown: chown of an in-core inode (an open file). */
+  async chownInode(info: InodeInfo, uid: number | undefined, gid: number | undefined): Promise<void> {
     if (uid !== undefined && uid !== -1) setInodeUid(info.view, uid >>> 0);
     if (gid !== undefined && gid !== -1) setInodeGid(info.view, gid >>> 0);
     touch(this.s, info, ['ctime']);
@@ -418,7 +422,11 @@ export class Namespace {
 
   /** utimes with nanoseconds; ctime becomes now. */
   async utimes(path: string, atime: Timespec | undefined, mtime: Timespec | undefined, followLast = true): Promise<void> {
-    const info = await this.inode(path, followLast, 'utimes');
+    await this.utimesInode(await this.inode(path, followLast, 'utimes'), atime, mtime);
+  }
+
+  /** futimens: utimes of an in-core inode (an open file). */
+  async utimesInode(info: InodeInfo, atime: Timespec | undefined, mtime: Timespec | undefined): Promise<void> {
     if (atime !== undefined) touch(this.s, info, ['atime'], atime);
     if (mtime !== undefined) touch(this.s, info, ['mtime'], mtime);
     touch(this.s, info, ['ctime']);
