@@ -67,7 +67,14 @@ test('open flags like node:fs: r is read-only, wx refuses an existing file, w tr
   await assert.rejects(fs.open('/none', 'r+'), (e: unknown) => e instanceof PosixError && e.code === 'ENOENT');
   const w = await fs.open('/f', 'wx', 0o600);
   await w.write('hello world');
+  // fchown / futimens on the open handle (pre-1970 with nanoseconds).
+  await w.chown(1234, 5678);
+  await w.utimes({ sec: -86_400, nsec: 5 }, { sec: 4_102_444_800, nsec: 999_999_999 });
   await w.close();
+  const st0 = await fs.stat('/f');
+  assert.equal(st0.uid, 1234);
+  assert.equal(st0.gid, 5678);
+  assert.deepEqual([st0.atimeSpec, st0.mtimeSpec], [{ sec: -86_400, nsec: 5 }, { sec: 4_102_444_800, nsec: 999_999_999 }]);
   await assert.rejects(fs.open('/f', 'wx'), (e: unknown) => e instanceof PosixError && e.code === 'EEXIST');
   const r = await fs.open('/f');
   await assert.rejects(r.write('x'), (e: unknown) => e instanceof PosixError && e.code === 'EBADF');
