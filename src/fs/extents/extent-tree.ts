@@ -642,7 +642,9 @@ export class ExtentTree {
     const x = levelOf(path, level);
     const n = x.node;
     assert(p >= 0 && p <= n.entries, () => `insert at ${p} of ${n.entries}`);
-    this.reshaped = true;
+    // An entry added to a node with room only makes the tree denser, which cannot earn a new
+    // e2fsck complaint: only a full node (root growth, shift, split) reshapes the tree.
+    this.reshaped ||= n.isFull;
     if (!n.isFull) {
       n.shiftTail(p, p + 1);
       n.setEntry(p, e);
