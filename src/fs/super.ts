@@ -251,8 +251,16 @@ export class Ext4Super {
   }
   private metaTail: Promise<unknown> = Promise.resolve();
 
+  /**
+   * Work a commit does first (upward calls registered by lower modules, STYLE §1): the block
+   * allocator releases the blocks freed since the last commit here, in the commit that writes
+   * the metadata no longer pointing at them.
+   */
+  readonly preCommitHooks = new Set<() => Promise<void>>();
+
   private async commitLocked(): Promise<void> {
     if (this.readOnly) return;
+    for (const h of this.preCommitHooks) await h();
     this.assertWritable('commit');
     this.cache.finalizeAll();
     if (this.dirtyGroups.size > 0) {

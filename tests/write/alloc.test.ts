@@ -309,6 +309,23 @@ for (const v of VARIANTS) {
 // ---------------------------------------------------------------------------------------------
 // Oracle (3): goals and long runs.
 
+test('Balloc.freeBlocks: freed blocks are not reused before the next commit (an on-disk tree may still point at them), unless space runs out', async () => {
+  const img = mkfs(V4K.args, V4K.size);
+  const s = await mountRw(img);
+  const b = getBalloc(s);
+  const g2 = s.groupFirstBlock(2) + 1000;
+  assert.deepEqual(await b.allocBlocks({ goal: g2, maxLen: 4 }), { pblk: g2, len: 4 });
+  const free0 = b.freeBlocksCount();
+  await b.freeBlocks(g2, 4);
+  assert.equal(b.freeBlocksCount(), free0 + 4, 'counted free at once (statfs, reservations)');
+  assert.notEqual((await b.allocBlocks({ goal: g2, maxLen: 1 })).pblk, g2, 'not reused before the commit');
+  await assert.rejects(b.freeBlocks(g2 + 1, 1), /freed twice before a commit/);
+  await s.commit();
+  assert.deepEqual(await b.allocBlocks({ goal: g2, maxLen: 2 }), { pblk: g2, len: 2 }, 'reusable after the commit');
+  await s.close();
+  assert.deepEqual(fsck(img).unexpected, []);
+});
+
 test('Balloc.allocBlocks: takes the goal, then the first long-enough run after it, and a whole run elsewhere rather than fragments', async () => {
   const img = mkfs(V4K.args, V4K.size);
   const d = dumpe2fs(img);
@@ -322,6 +339,8 @@ test('Balloc.allocBlocks: takes the goal, then the first long-enough run after i
   assert.deepEqual(await b.allocBlocks({ goal: g2, maxLen: 4 }), { pblk: g2 + 16, len: 4 });
   // A 2-block hole at the goal is too short for 8: the first run of 8 after it is taken.
   await b.freeBlocks(g2 + 5, 2);
+  // Freed blocks are reused only after the commit that frees them is on disk.
+  await s.commit();
   assert.deepEqual(await b.allocBlocks({ goal: g2 + 5, maxLen: 8 }), { pblk: g2 + 20, len: 8 });
   assert.deepEqual(await b.allocBlocks({ goal: g2 + 5, maxLen: 8, minLen: 1 }), { pblk: g2 + 28, len: 8 });
   // Fill group 3 block by block, then punch 1-block holes: an 8-block request near them is
@@ -332,6 +351,7 @@ test('Balloc.allocBlocks: takes the goal, then the first long-enough run after i
   assert.equal(s.group(3).freeBlocksCount, 0);
   assert.ok(singles.every((p) => Math.floor(p / s.blocksPerGroup) === 3), 'a 1-block request stays in the goal group');
   for (let i = 0; i < 40; i += 2) await b.freeBlocks(singles[i]!, 1);
+  await s.commit();
   const r = await b.allocBlocks({ goal: singles[0]!, maxLen: 8 });
   assert.equal(r.len, 8);
   assert.notEqual(Math.floor(r.pblk / s.blocksPerGroup), 3);

@@ -180,9 +180,46 @@ export class Balloc implements BlockAllocator {
     return this.exclusive(() => this.allocLocked(req));
   }
 
-  /** ext4_free_blocks: see BlockAllocator.freeBlocks. */
+  /**
+   * ext4_free_blocks: see BlockAllocator.freeBlocks. The blocks are checked now but released at
+   * the next commit (the kernel's ext4_free_data, released after the journal commit): until the
+   * metadata that stops pointing at them is on disk, reusing them for new data could overwrite
+   * what the on-disk tree still references (an old extent block, say), and a crash would then
+   * lose fsynced data. When space runs out, allocation releases them early (see allocLocked).
+   */
   async freeBlocks(pblk: number, len: number): Promise<void> {
-    return this.exclusive(() => this.freeLocked(pblk, len));
+    return this.exclusive(async () => {
+      this.checkFree(pblk, len);
+      for (const seg of this.segments(pblk, len)) {
+        const data = (await this.readBlockBitmap(seg.group)).data;
+        const z = bm.findNextZero(data, seg.start, seg.start + seg.len);
+        if (z < seg.start + seg.len) {
+          throw new Corrupt('block bitmap', `freeing free block ${this.s.groupFirstBlock(seg.group) + z}`, { group: seg.group, block: this.s.group(seg.group).blockBitmap });
+        }
+      }
+      for (const f of this.pendingFrees) {
+        if (pblk < f.pblk + f.len && f.pblk < pblk + len) {
+          throw new Corrupt('block range', `${pblk}+${len} freed twice before a commit (overlaps ${f.pblk}+${f.len})`, { block: Math.max(pblk, f.pblk) });
+        }
+      }
+      if (this.pendingFrees.length === 0) this.s.preCommitHooks.add(this.releaseHook);
+      this.pendingFrees.push({ pblk, len });
+      this.pendingCount += len;
+      for (let b = pblk; b < pblk + len; b++) this.s.cache.forget(b);
+    });
+  }
+
+  /** Blocks freed since the last commit, released by it. */
+  private pendingFrees: { pblk: number; len: number }[] = [];
+  private pendingCount = 0;
+  private readonly releaseHook = (): Promise<void> => this.exclusive(() => this.releasePending());
+
+  private async releasePending(): Promise<void> {
+    const list = this.pendingFrees;
+    this.pendingFrees = [];
+    this.pendingCount = 0;
+    this.s.preCommitHooks.delete(this.releaseHook);
+    for (const f of list) await this.freeLocked(f.pblk, f.len);
   }
 
   /**
@@ -208,7 +245,7 @@ export class Balloc implements BlockAllocator {
 
   /** Free blocks in the whole filesystem: the sum of the descriptors' counts. */
   freeBlocksCount(): number {
-    let n = 0;
+    let n = this.pendingCount;
     for (const gd of this.s.groups) n += gd.freeBlocksCount;
     return n;
   }
@@ -387,7 +424,14 @@ export class Balloc implements BlockAllocator {
     // Like ext4_mb_initialize_context: a goal outside the filesystem becomes its first block.
     const goal = Number.isSafeInteger(req.goal) && req.goal >= s.firstDataBlock && req.goal < s.blocksCount
       ? req.goal : s.firstDataBlock;
-    const c = await this.search(goal, minLen, want, req.takeGoalRun === true);
+    let c = await this.search(goal, minLen, want, req.takeGoalRun === true);
+    if (c === undefined && this.pendingFrees.length > 0) {
+      // Out of space with blocks awaiting the next commit: release them now rather than fail
+      // (the kernel forces a journal commit and retries; without a journal this reopens, until
+      // the next commit, the window the deferral closes).
+      await this.releasePending();
+      c = await this.search(goal, minLen, want, req.takeGoalRun === true);
+    }
     if (c === undefined) throw enospc();
     return this.useRun(c);
   }
@@ -475,7 +519,8 @@ export class Balloc implements BlockAllocator {
    * Freed blocks are dropped from the buffer cache (bforget), so a stale metadata buffer is
    * never written over the block's next owner.
    */
-  private async freeLocked(pblk: number, len: number): Promise<void> {
+  /** A range to free must lie in the filesystem, outside its metadata. */
+  private checkFree(pblk: number, len: number): void {
     const s = this.s;
     this.requireWritable('free');
     assert(Number.isSafeInteger(len) && len >= 1, () => `freeBlocks length ${len}`);
@@ -487,6 +532,11 @@ export class Balloc implements BlockAllocator {
     if (meta !== undefined) {
       throw new Corrupt('block range', `freeing filesystem metadata block ${meta}`, { block: meta });
     }
+  }
+
+  private async freeLocked(pblk: number, len: number): Promise<void> {
+    const s = this.s;
+    this.checkFree(pblk, len);
     const segs = this.segments(pblk, len);
     for (const seg of segs) {
       const data = (await this.readBlockBitmap(seg.group)).data;
