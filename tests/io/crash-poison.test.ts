@@ -26,6 +26,8 @@ import { SimDevice, type CrashMode } from '../../src/blockdev/sim-device.js';
 import { SimWorkQueue } from '../../src/runtime/work-queue.js';
 import { seededPrng } from '../../src/runtime/random.js';
 import { Ext4Super } from '../../src/fs/super.js';
+import { getBalloc } from '../../src/fs/alloc/balloc.js';
+import { testBit } from '../../src/fs/alloc/bitmap.js';
 import { Namespace } from '../../src/fs/namespace.js';
 import { iget } from '../../src/fs/inode/icache.js';
 import { FileData } from '../../src/io/file-data.js';
@@ -82,10 +84,23 @@ async function workload(seed: number): Promise<Outcome> {
   const blockSize = [1024, 2048, 4096][p.below(3)]!;
   const pageSizeBytes = [4096, 16384, 65536][p.below(3)]!;
   const size = 12 << 20;
-  // Poison everywhere, then mkfs writes only its metadata over it (deviceIsZeroed: false).
+  // A fresh filesystem whose FREE blocks hold poison (old data of deleted files); metadata
+  // areas (inode tables included) are as mkfs left them.
   const base = new Uint8Array(size);
-  for (let i = 0; i < size; i += 8) base.set(POISON, i);
-  await Ext4.mkfs(new MemDevice(base), { sizeBytes: size, blockSize, deviceIsZeroed: false });
+  await Ext4.mkfs(new MemDevice(base), { sizeBytes: size, blockSize });
+  {
+    const ro = await Ext4Super.mount(new MemDevice(base, true), { readOnly: true });
+    const balloc = getBalloc(ro);
+    for (let g = 0; g < ro.groupCount; g++) {
+      const bitmap = (await balloc.readBlockBitmap(g)).data;
+      const first = ro.groupFirstBlock(g);
+      for (let i = 0; i < ro.blocksPerGroup && first + i < ro.blocksCount; i++) {
+        if (testBit(bitmap, i)) continue;
+        for (let at = (first + i) * blockSize; at < (first + i + 1) * blockSize; at += 8) base.set(POISON, at);
+      }
+    }
+    await ro.close();
+  }
   const wq = new SimWorkQueue(seed);
   const modes: CrashMode[] = ['lose-unflushed', 'keep-unflushed', 'random'];
   const mode = modes[p.below(3)]!;
