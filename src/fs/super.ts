@@ -252,15 +252,22 @@ export class Ext4Super {
   private metaTail: Promise<unknown> = Promise.resolve();
 
   /**
-   * Work a commit does first (upward calls registered by lower modules, STYLE §1): the block
-   * allocator releases the blocks freed since the last commit here, in the commit that writes
-   * the metadata no longer pointing at them.
+   * Work a commit does first (upward calls registered by higher modules, STYLE §1), one-shot: a
+   * hook is removed before it runs and registered again when there is new work. The data path
+   * repacks the extent trees it reshaped; the block allocator releases the blocks freed since
+   * the last commit, in the commit that writes the metadata no longer pointing at them. A hook
+   * registered while hooks run (a repack freeing tree blocks) runs in the same commit.
    */
   readonly preCommitHooks = new Set<() => Promise<void>>();
 
   private async commitLocked(): Promise<void> {
     if (this.readOnly) return;
-    for (const h of this.preCommitHooks) await h();
+    for (let rounds = 0; this.preCommitHooks.size > 0; rounds++) {
+      assert(rounds < 1000, 'pre-commit hooks keep registering each other');
+      const h = this.preCommitHooks.values().next().value as () => Promise<void>;
+      this.preCommitHooks.delete(h);
+      await h();
+    }
     this.assertWritable('commit');
     this.cache.finalizeAll();
     if (this.dirtyGroups.size > 0) {

@@ -599,7 +599,7 @@ export class DirectIo {
     const s = this.s;
     const bs = s.blockSize;
     return this.data.withTreeLock(info, async () => {
-      const tree = new ExtentTree(s, info, getBalloc(s));
+      const tree = this.data.extentTree(info);
       const runs: DioRun[] = [];
       let mapErr: Ext4Error | undefined;
       let grew = false;
@@ -668,7 +668,7 @@ export class DirectIo {
     const bs = s.blockSize;
     faults.hit('conversion');
     await s.withMetaUpdate(() => this.data.withTreeLock(info, async () => {
-      await new ExtentTree(s, info, getBalloc(s)).markWritten(pos / bs, bytes / bs);
+      await this.data.extentTree(info).markWritten(pos / bs, bytes / bs);
       await writeInode(s, info);
     }));
     this.stats.conversions++;
@@ -701,7 +701,7 @@ export class DirectIo {
     if (doomed.length === 0) return;
     await this.data.withTreeLock(info, async () => {
       const balloc = getBalloc(s);
-      const tree = new ExtentTree(s, info, balloc);
+      const tree = this.data.extentTree(info);
       for (const r of doomed) {
         const from = Math.max(r.lblk, eofBlk);
         for (const f of await tree.remove(from, r.lblk + r.len - from)) {

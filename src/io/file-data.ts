@@ -124,6 +124,8 @@ class InodeData {
   private lockTail: Promise<unknown> = Promise.resolve();
   /** Direct I/O requests in flight (i_dio_count); truncate waits for zero (inode_dio_wait). */
   dioCount = 0;
+  /** The extent tree was reshaped since the last commit, which repacks it (deferRepack). */
+  repackPending = false;
   private readonly dioWaiters: (() => void)[] = [];
   constructor(
     readonly info: InodeInfo,
@@ -408,7 +410,7 @@ export class FileData {
         if (PG.testDirty(page) || PG.testWriteback(page) || PG.testLocked(page)) continue;
         this.dropPage(d, page);
       }
-      if (d.mapping.nrPages === 0 && d.io.isIdle() && d.delayed === 0 && d.dioCount === 0 && d.mapping.wbErr.raw === 0 && d.sizeBytes === d.info.size) {
+      if (d.mapping.nrPages === 0 && d.io.isIdle() && d.delayed === 0 && d.dioCount === 0 && d.mapping.wbErr.raw === 0 && d.sizeBytes === d.info.size && !d.repackPending) {
         this.dropInodeData(d);
       }
     }
@@ -510,7 +512,40 @@ export class FileData {
   }
 
   private tree(d: InodeData): ExtentTree {
-    return new ExtentTree(this.s, d.info, getBalloc(this.s));
+    return new ExtentTree(this.s, d.info, getBalloc(this.s), { deferRepack: () => this.queueRepack(d) });
+  }
+
+  /** The extent tree of `info` for a caller holding its tree lock (direct I/O). */
+  extentTree(info: InodeInfo): ExtentTree {
+    return this.tree(this.of(info));
+  }
+
+  /** Inodes whose trees the next commit repacks. */
+  private readonly repackQueue = new Set<InodeData>();
+
+  private queueRepack(d: InodeData): void {
+    if (d.repackPending) return;
+    d.repackPending = true;
+    this.repackQueue.add(d);
+    this.s.preCommitHooks.add(this.repackHook);
+  }
+
+  /**
+   * At commit, under each tree lock, repacks the trees reshaped since the last one, so the data
+   * path pays for e2fsck's shape rule once per commit instead of after every split.
+   */
+  private readonly repackHook = async (): Promise<void> => {
+    for (const d of [...this.repackQueue]) await this.repackNow(d);
+  };
+
+  private async repackNow(d: InodeData): Promise<void> {
+    if (!d.repackPending) return;
+    await d.withTree(async () => {
+      if (!d.repackPending) return;
+      d.repackPending = false;
+      this.repackQueue.delete(d);
+      await new ExtentTree(this.s, d.info, getBalloc(this.s)).repack();
+    });
   }
 
   // -------------------------------------------------------------------------------------------
@@ -859,6 +894,9 @@ export class FileData {
       }
     }
     assert(d.delayed === 0 && this.reservedBlocks >= 0, () => `inode ${info.ino}: reservations left after discard`);
+    // Its blocks are about to be freed: nothing to repack.
+    d.repackPending = false;
+    this.repackQueue.delete(d);
     this.dropInodeData(d);
   }
 
@@ -875,6 +913,7 @@ export class FileData {
     const d = this.inodes.get(info.ino);
     if (d === undefined) return;
     await this.flushInode(info);
+    await this.repackNow(d);
     assert(d.io.isIdle() && d.delayed === 0 && d.dioCount === 0, () => `inode ${info.ino}: forget while busy`);
     this.dropInodeData(d);
   }

@@ -218,7 +218,7 @@ export class Balloc implements BlockAllocator {
     const list = this.pendingFrees;
     this.pendingFrees = [];
     this.pendingCount = 0;
-    this.s.preCommitHooks.delete(this.releaseHook);
+    this.s.preCommitHooks.delete(this.releaseHook); // an early release (ENOSPC) outside a commit
     for (const f of list) await this.freeLocked(f.pblk, f.len);
   }
 

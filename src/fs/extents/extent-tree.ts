@@ -84,6 +84,12 @@ export interface ExtentTreeOptions {
    * shorter (default 64; 0 turns repacking off, leaving the kernel's behaviour).
    */
   repackMaxNodes?: number;
+  /**
+   * Called instead of repacking when an operation reshaped the tree: the data path repacks once
+   * per commit (repack()) rather than after every split, which random writes into unwritten
+   * extents would otherwise pay for again and again. e2fsck only sees committed trees.
+   */
+  deferRepack?: (() => void) | undefined;
 }
 
 /** One level of a tree as e2fsck counts it (struct extent_tree_level). */
@@ -209,6 +215,7 @@ export class ExtentTree {
   private readonly blockMax: number;
   private readonly repackMaxNodes: number;
   private readonly finalize: ((d: Uint8Array) => void) | undefined;
+  private readonly deferRepack: (() => void) | undefined;
   /** Tree blocks allocated ahead of a structural change and not used yet (the kernel's ablocks). */
   private pool: number[] = [];
   private inodeDirty = false;
@@ -226,6 +233,7 @@ export class ExtentTree {
     assert(Number.isInteger(m) && m >= 5 && m <= cap, () => `maxEntriesPerBlock ${m} outside 5..${cap}`);
     this.blockMax = m;
     this.repackMaxNodes = opts.repackMaxNodes ?? DEFAULT_REPACK_MAX_NODES;
+    this.deferRepack = opts.deferRepack;
     const seed = inode.csumSeed;
     this.finalize = s.features.metadataCsum ? (d: Uint8Array): void => setExtentBlockCsum(d, seed) : undefined;
   }
@@ -434,7 +442,8 @@ export class ExtentTree {
       // Growing or shrinking an extent in place cannot change e2fsck's verdict: skip the walk.
       if (this.reshaped) {
         await this.shrinkDepth();
-        await this.maybeRepack();
+        if (this.deferRepack !== undefined) this.deferRepack();
+        else await this.maybeRepack();
       }
     } finally {
       try {
@@ -1014,6 +1023,11 @@ export class ExtentTree {
       this.inodeDirty = true;
       for (const k of kids) await this.freeNode(k.blk);
     }
+  }
+
+  /** Repacks now, when e2fsck would ask to optimise the tree (the deferred half of deferRepack). */
+  async repack(): Promise<void> {
+    await this.mutate('repack', () => this.maybeRepack());
   }
 
   /** Repacks the tree when it is small enough and e2fsck would ask to optimise it. */
