@@ -35,7 +35,7 @@ import { fixedClock, systemClock, clockFromSourceDateEpoch, type Clock } from '.
 import { seededRandom } from '../runtime/random.js';
 import { PosixError } from '../util/errors.js';
 import { compareTimes, type BuildEntry, type Chunk, type Source, type Timespec } from './source.js';
-import { readAhead, contentLength } from './content.js';
+import { readAhead, contentLength, isLargeFile } from './content.js';
 import { contentNeed, planSize, type ContentNeed } from './plan.js';
 import { openSource } from './detect.js';
 
@@ -145,6 +145,8 @@ class Builder {
   private epoch: number | undefined;
   /** Content bytes written (holes excluded), for the summary. */
   private bytesWritten = 0;
+  /** The image's block size (set when writing starts). */
+  private blockSize = 0;
 
   constructor(private readonly opts: BuildOptions) {
     this.tmp = join(dirname(opts.image), `.${basename(opts.image)}.ext4ts-build-${process.pid}`);
@@ -377,8 +379,8 @@ class Builder {
       else direct.push(e);
     }
     const depth = this.opts.readAheadFiles ?? 8;
-    // OK to assert the mount's block size: the filesystem was just made.
     const blockSize = fs.info().blockSize;
+    this.blockSize = blockSize;
     for await (const { entry, chunks } of readAhead(direct, { blockSize, depth })) {
       await withEntry(entry, () => this.writeContent(fs, entry, chunks));
     }
@@ -388,14 +390,26 @@ class Builder {
     }
   }
 
-  /** One file: its chunks at their positions, the size (a trailing hole), then its times. */
+  /**
+   * One file: its chunks at their positions, the size (a trailing hole), then its times. Large
+   * files go through direct I/O: their chunks are block multiples but the last, which is padded
+   * with zeros to a whole block and cut back by the final truncate (which, as ftruncate does,
+   * keeps the zeros past EOF in that block).
+   */
   private async writeContent(fs: Ext4, e: BuildEntry, chunks: AsyncIterable<Chunk>): Promise<void> {
-    const fh: FileHandle = await fs.open(e.path, 'r+');
+    const direct = isLargeFile(e);
+    const fh: FileHandle = await fs.open(e.path, 'r+', direct ? { direct: true } : {});
+    const bs = this.blockSize;
     try {
       let end = 0;
       const before = this.progress.bytesDone;
       for await (const c of chunks) {
-        await fh.write(c.bytes, 0, c.bytes.length, c.pos);
+        let bytes = c.bytes;
+        if (direct && bytes.length % bs !== 0) {
+          bytes = new Uint8Array(Math.ceil(bytes.length / bs) * bs);
+          bytes.set(c.bytes);
+        }
+        await fh.write(bytes, 0, bytes.length, c.pos);
         end = c.pos + c.bytes.length;
         this.bytesWritten += c.bytes.length;
         // Progress counts the bytes gone through, holes skipped in a sparse source included.
@@ -403,7 +417,7 @@ class Builder {
         this.report();
       }
       this.progress.bytesDone = before + contentLength(e);
-      if (end < e.sizeBytes) await fh.truncate(e.sizeBytes);
+      if (end < e.sizeBytes || (direct && end % bs !== 0)) await fh.truncate(e.sizeBytes);
       // futimens on the open file: no second path walk.
       if (e.atime !== undefined || e.mtime !== undefined) {
         const now = this.clock.now();

@@ -2,7 +2,7 @@
  * defineStruct(): one definition per on-disk structure (STYLE.md §2). A structure is a field
  * table of (offset, type) under kernel names, in the order of the kernel's
  * Documentation/filesystems/ext4/*.rst. The table becomes a view class with a getter and a
- * setter per field over a DataView at a base offset, little-endian unless a field is declared
+ * setter per field over a byte array at a base offset, little-endian unless a field is declared
  * big-endian (be16/be32, used only by jbd2). The table is checked when the module loads:
  * offsets ascend, fields do not overlap, and the last one ends inside the declared size. Byte
  * offsets appear nowhere outside format/.
@@ -78,17 +78,15 @@ export function defineStruct<const F extends FieldTable>(
 ): StructClass<F> {
   checkTable(name, size, fields);
   class View {
-    // `declare`: no field initializers, so a view costs three stores (views are made per
+    // `declare`: no field initializers, so a view costs two stores (views are made per
     // directory entry and index entry on hot paths).
     declare readonly bytes: Uint8Array;
     declare readonly base: number;
-    declare protected readonly dv: DataView;
     constructor(bytes: Uint8Array, base = 0) {
       assert(base >= 0 && base + size <= bytes.length, () =>
         `${name} view at ${base} (+${size}) outside a buffer of ${bytes.length} bytes`);
       this.bytes = bytes;
       this.base = base;
-      this.dv = dataViewOf(bytes);
     }
     static readonly SIZE = size;
     static readonly STRUCT_NAME = name;
@@ -106,17 +104,27 @@ export function defineStruct<const F extends FieldTable>(
   return View as unknown as StructClass<F>;
 }
 
-type Self = { dv: DataView; base: number; bytes: Uint8Array };
+type Self = { base: number; bytes: Uint8Array };
 
-/** One DataView per byte array, shared by every view over it. */
-const dataViews = new WeakMap<Uint8Array, DataView>();
-function dataViewOf(bytes: Uint8Array): DataView {
-  let dv = dataViews.get(bytes);
-  if (dv === undefined) {
-    dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    dataViews.set(bytes, dv);
-  }
-  return dv;
+// Fields are read and written byte by byte: cheaper than a DataView, which would have to be
+// found (or made) for every view, and views are made per directory entry.
+function getLe16(b: Uint8Array, o: number): number {
+  // OK to index: the constructor checked that the structure lies inside `b`.
+  return b[o]! | (b[o + 1]! << 8);
+}
+function getLe32(b: Uint8Array, o: number): number {
+  // OK to index: as above.
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+function setLe16(b: Uint8Array, o: number, v: number): void {
+  b[o] = v;
+  b[o + 1] = v >>> 8;
+}
+function setLe32(b: Uint8Array, o: number, v: number): void {
+  b[o] = v;
+  b[o + 1] = v >>> 8;
+  b[o + 2] = v >>> 16;
+  b[o + 3] = v >>> 24;
 }
 
 function accessor(f: FieldDef): PropertyDescriptor {
@@ -124,42 +132,64 @@ function accessor(f: FieldDef): PropertyDescriptor {
   switch (f.type) {
     case 'u8':
       return {
-        get(this: Self) { return this.dv.getUint8(this.base + off); },
-        set(this: Self, v: number) { this.dv.setUint8(this.base + off, checkUint(v, 0xff)); },
+        // OK to index: the constructor checked that the structure lies inside `bytes`.
+        get(this: Self) { return this.bytes[this.base + off]!; },
+        set(this: Self, v: number) { this.bytes[this.base + off] = checkUint(v, 0xff); },
       };
     case 'u16':
       return {
-        get(this: Self) { return this.dv.getUint16(this.base + off, true); },
-        set(this: Self, v: number) { this.dv.setUint16(this.base + off, checkUint(v, 0xffff), true); },
+        get(this: Self) { return getLe16(this.bytes, this.base + off); },
+        set(this: Self, v: number) { setLe16(this.bytes, this.base + off, checkUint(v, 0xffff)); },
       };
     case 'u32':
       return {
-        get(this: Self) { return this.dv.getUint32(this.base + off, true); },
-        set(this: Self, v: number) { this.dv.setUint32(this.base + off, checkUint(v, 0xffffffff), true); },
+        get(this: Self) { return getLe32(this.bytes, this.base + off); },
+        set(this: Self, v: number) { setLe32(this.bytes, this.base + off, checkUint(v, 0xffffffff)); },
       };
     case 'be16':
-      // jbd2 structures are big-endian: pass littleEndian = false explicitly.
+      // jbd2 structures are big-endian.
       return {
-        get(this: Self) { return this.dv.getUint16(this.base + off, false); },
-        set(this: Self, v: number) { this.dv.setUint16(this.base + off, checkUint(v, 0xffff), false); },
+        get(this: Self) {
+          const o = this.base + off;
+          // OK to index: as above.
+          return (this.bytes[o]! << 8) | this.bytes[o + 1]!;
+        },
+        set(this: Self, v: number) {
+          const o = this.base + off;
+          checkUint(v, 0xffff);
+          this.bytes[o] = v >>> 8;
+          this.bytes[o + 1] = v;
+        },
       };
     case 'be32':
       return {
-        get(this: Self) { return this.dv.getUint32(this.base + off, false); },
-        set(this: Self, v: number) { this.dv.setUint32(this.base + off, checkUint(v, 0xffffffff), false); },
+        get(this: Self) {
+          const b = this.bytes;
+          const o = this.base + off;
+          // OK to index: as above.
+          return ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+        },
+        set(this: Self, v: number) {
+          const b = this.bytes;
+          const o = this.base + off;
+          checkUint(v, 0xffffffff);
+          b[o] = v >>> 24;
+          b[o + 1] = v >>> 16;
+          b[o + 2] = v >>> 8;
+          b[o + 3] = v;
+        },
       };
     case 'u64':
       // Read as a double: exact below 2^53. Callers that use a u64 as a block or byte count
       // validate it with Number.isSafeInteger before trusting it.
       return {
         get(this: Self) {
-          return this.dv.getUint32(this.base + off + 4, true) * 0x1_0000_0000 +
-            this.dv.getUint32(this.base + off, true);
+          return getLe32(this.bytes, this.base + off + 4) * 0x1_0000_0000 + getLe32(this.bytes, this.base + off);
         },
         set(this: Self, v: number) {
           assert(Number.isSafeInteger(v) && v >= 0, () => `u64 value ${v} is not a safe integer`);
-          this.dv.setUint32(this.base + off, v >>> 0, true);
-          this.dv.setUint32(this.base + off + 4, Math.floor(v / 0x1_0000_0000), true);
+          setLe32(this.bytes, this.base + off, v >>> 0);
+          setLe32(this.bytes, this.base + off + 4, Math.floor(v / 0x1_0000_0000));
         },
       };
     case 'bytes': {

@@ -29,6 +29,16 @@ export function decodeUtf8Strict(b: Uint8Array): string | undefined {
 
 /** Encodes a JS string as UTF-8 bytes. */
 export function encodeUtf8(s: string): Uint8Array {
+  // Path components are short and nearly always ASCII: a plain loop beats TextEncoder's call.
+  if (s.length <= 64) {
+    const out = new Uint8Array(s.length);
+    for (let i = 0; i < s.length; i++) {
+      const c = s.charCodeAt(i);
+      if (c > 0x7f) return enc.encode(s);
+      out[i] = c;
+    }
+    return out;
+  }
   return enc.encode(s);
 }
 

@@ -102,7 +102,8 @@ export function makeSpec(opts: SpecOptions): SpecEntry[] {
     const d = dirs[r.below(dirs.length)]!;
     return d === '/' ? '' : d;
   };
-  const sizes = [0, 1, 2, 100, 4095, 4096, 4097, 12288, 65537, 300_000, MiB + 12345, 2 * MiB + 1];
+  // The last two are large files (direct I/O in the builder): one ends mid-block, one is 8 MiB + 1 MiB.
+  const sizes = [0, 1, 2, 100, 4095, 4096, 4097, 12288, 65537, 300_000, MiB + 12345, 2 * MiB + 1, 4 * MiB + 12345, 9 * MiB];
   for (let i = 0; i < 36; i++) {
     const n = sizes[i % sizes.length]!;
     add({ path: `${pick()}/f${i}.bin`, type: 'file', mode: [0o644, 0o600, 0o755, 0o4755, 0o2750][r.below(5)]!, content: bytes(r, n) });

@@ -35,9 +35,8 @@ function cacheOf(s: Ext4Super): Dcache {
 /** The name's bytes as a string key, one char per byte (exact, whatever the encoding). */
 function keyOf(name: Uint8Array): string | undefined {
   if (name.length === 0 || (name[0] === 0x2e && (name.length === 1 || (name.length === 2 && name[1] === 0x2e)))) return undefined;
-  let k = '';
-  for (const b of name) k += String.fromCharCode(b);
-  return k;
+  // OK to cast: fromCharCode reads the indexed byte values (names are at most 255 bytes).
+  return String.fromCharCode.apply(null, name as unknown as number[]);
 }
 
 export function dcacheGet(s: Ext4Super, dirIno: number, name: Uint8Array): Dentry | undefined {

@@ -64,8 +64,7 @@ export async function iget(s: Ext4Super, ino: number): Promise<InodeInfo> {
   const c = cacheOf(s);
   const hit = c.get(ino);
   if (hit !== undefined) {
-    c.delete(ino);
-    c.set(ino, hit);
+    hit.referenced = true;
     return hit;
   }
   const info = await readInode(s, ino);
@@ -81,16 +80,29 @@ export function iadd(s: Ext4Super, info: InodeInfo): void {
   cacheOf(s).set(info.ino, info);
 }
 
-/** Evicts the least recently used entries beyond the limit (call only between operations). */
+/**
+ * Evicts entries beyond the limit, oldest first, giving a second chance to those used since the
+ * last scan (the kernel's I_REFERENCED, instead of moving an entry on every hit): call only
+ * between operations.
+ */
 export function itrim(s: Ext4Super): void {
   const c = cacheOf(s);
   if (c.size <= ICACHE_MAX) return;
   const h = holds.get(s);
-  for (const k of c.keys()) {
-    if (c.size <= ICACHE_MAX) break;
+  const spared: InodeInfo[] = [];
+  // Down to three quarters, so that the scan (past held entries) is not paid per operation.
+  const target = ICACHE_MAX - (ICACHE_MAX >> 2);
+  for (const [k, info] of c) {
+    if (c.size <= target) break;
     if (h?.has(k) === true) continue;
     c.delete(k);
+    if (info.referenced) {
+      info.referenced = false;
+      spared.push(info);
+    }
   }
+  // Spared entries go to the young end; if they alone exceed the limit, the oldest still go.
+  for (const info of spared) if (c.size < target) c.set(info.ino, info);
 }
 
 /** Drops an inode that was freed (its number may be reused by a new inode). */

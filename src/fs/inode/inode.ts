@@ -27,10 +27,13 @@ export class InodeInfo {
     readonly inodeSize: number,
     private readonly largeDir: boolean,
   ) {
+    this.referenced = false;
     if (fileTypeOfMode(view.i_mode) === undefined) {
       throw new Corrupt('inode', `invalid file type in i_mode 0o${view.i_mode.toString(8)}`, { ino });
     }
   }
+  /** Used since the in-core inode cache last scanned it (I_REFERENCED; see icache.ts). */
+  referenced: boolean;
   /** Size in bytes (live: the write path changes the record). */
   get size(): number { return inodeSizeBytes(this.view, this.largeDir); }
   get type(): FileType {
