@@ -16,6 +16,7 @@ import { decodeName } from '../util/bytes.js';
 import { newInode, evictInode, freeBlocksFrom, touch } from './inode/inode-life.js';
 import { orphanAdd, orphanDel } from './orphan.js';
 import { extentDirBlocks } from './dir/dir-blocks.js';
+import { dcacheNewDir } from './dir/dcache.js';
 import {
   addEntry, removeEntry, replaceEntryIno, initDirBlock0, setDotDot, isEmptyDir, findEntry,
 } from './dir/dir-write.js';
@@ -155,6 +156,7 @@ export class Namespace {
       child.view.i_links_count = 2;
       const buf = await this.blocks(child).append();
       await initDirBlock0(s, child.ino, child.csumSeed, p.dir.ino, buf);
+      dcacheNewDir(s, child.ino);
       await writeInode(s, child);
       await addEntry(s, p.dir, this.blocks(p.dir), p.name, child.ino, this.ft('dir'));
     });

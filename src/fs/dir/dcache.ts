@@ -7,6 +7,7 @@
  * '.' and '..' are never cached (rename moves '..').
  */
 import type { Ext4Super } from '../super.js';
+import { assert } from '../../util/assert.js';
 
 /** Names cached per mount before the whole cache is dropped (a simple bound on memory). */
 const DCACHE_MAX = 1 << 18;
@@ -18,6 +19,11 @@ interface Dentry {
 
 interface Dcache {
   dirs: Map<number, Map<string, Dentry>>;
+  /**
+   * Directories whose every name is cached (made by this mount, so every entry went through
+   * dcacheSet): a miss there is a negative answer, with no scan of the directory's blocks.
+   */
+  complete: Set<number>;
   size: number;
 }
 
@@ -26,7 +32,7 @@ const caches = new WeakMap<Ext4Super, Dcache>();
 function cacheOf(s: Ext4Super): Dcache {
   let c = caches.get(s);
   if (c === undefined) {
-    c = { dirs: new Map(), size: 0 };
+    c = { dirs: new Map(), complete: new Set(), size: 0 };
     caches.set(s, c);
   }
   return c;
@@ -50,6 +56,7 @@ export function dcacheSet(s: Ext4Super, dirIno: number, name: Uint8Array, ino: n
   const c = cacheOf(s);
   if (c.size >= DCACHE_MAX) {
     c.dirs.clear();
+    c.complete.clear();
     c.size = 0;
   }
   let d = c.dirs.get(dirIno);
@@ -72,8 +79,27 @@ export function dcacheDelete(s: Ext4Super, dirIno: number, name: Uint8Array): vo
 /** A directory was freed: forget every name cached under it. */
 export function dcacheDropDir(s: Ext4Super, dirIno: number): void {
   const c = caches.get(s);
+  c?.complete.delete(dirIno);
   const d = c?.dirs.get(dirIno);
   if (c === undefined || d === undefined) return;
   c.size -= d.size;
   c.dirs.delete(dirIno);
+}
+
+/** A directory was just made (it holds only '.' and '..'): every later name will be cached. */
+export function dcacheNewDir(s: Ext4Super, dirIno: number): void {
+  const c = cacheOf(s);
+  assert(c.dirs.get(dirIno) === undefined || c.dirs.get(dirIno)?.size === 0, () => `dcache: new directory ${dirIno} has cached names`);
+  c.complete.add(dirIno);
+}
+
+/**
+ * True when `name` is known to be absent from the directory (a complete directory without it);
+ * false means "look on disk" ('.' and '..' are never answered here).
+ */
+export function dcacheKnownAbsent(s: Ext4Super, dirIno: number, name: Uint8Array): boolean {
+  const c = caches.get(s);
+  if (c === undefined || !c.complete.has(dirIno)) return false;
+  const k = keyOf(name);
+  return k !== undefined && c.dirs.get(dirIno)?.has(k) !== true;
 }

@@ -35,7 +35,7 @@
  * than two live entries, which ext4 never leaves) is repacked instead of split.
  */
 import type { Ext4Super } from '../super.js';
-import { dcacheGet, dcacheSet, dcacheDelete } from './dcache.js';
+import { dcacheGet, dcacheSet, dcacheDelete, dcacheKnownAbsent } from './dcache.js';
 import { type InodeInfo, writeInode } from '../inode/inode.js';
 import type { MetaBuffer } from '../../cache/buffer-cache.js';
 import {
@@ -405,6 +405,7 @@ export async function findEntry(
   }
   const hit = dcacheGet(s, dir.ino, name);
   if (hit !== undefined) return hit;
+  if (dcacheKnownAbsent(s, dir.ino, name)) return undefined;
   const f = await locate(op, name);
   if (f === undefined) return undefined;
   dcacheSet(s, dir.ino, name, f.entry.ino, f.entry.fileType);

@@ -6,7 +6,7 @@
  * way __ext4_read_dirblock's is_dx_block does. A hole in a directory is corruption.
  */
 import type { Ext4Super } from '../super.js';
-import { dcacheGet, dcacheSet } from './dcache.js';
+import { dcacheGet, dcacheSet, dcacheKnownAbsent } from './dcache.js';
 import type { InodeInfo } from '../inode/inode.js';
 import { FileMap } from '../inode/file-map.js';
 import { inlineBytes } from '../inode/inline.js';
@@ -105,6 +105,7 @@ function* inlineEntries(info: InodeInfo): Generator<DirEntry> {
 export async function lookup(s: Ext4Super, info: InodeInfo, name: Uint8Array): Promise<DirEntry | undefined> {
   const hit = dcacheGet(s, info.ino, name);
   if (hit !== undefined) return { name, ino: hit.ino, fileType: hit.fileType };
+  if (dcacheKnownAbsent(s, info.ino, name)) return undefined;
   const e = await lookupUncached(s, info, name);
   if (e !== undefined) dcacheSet(s, info.ino, name, e.ino, e.fileType);
   return e;
