@@ -53,7 +53,7 @@ import { mapExtentPoint } from '../fs/extents/extent-lookup.js';
 import type { Mapping } from '../fs/extents/extent-read.js';
 import { getBalloc } from '../fs/alloc/balloc.js';
 import { setInodeSizeBytes } from '../format/inode.js';
-import { EXT_UNWRITTEN_MAX_LEN } from '../format/extent.js';
+import { EXT_UNWRITTEN_MAX_LEN, ExtentHeader, EXT4_EXT_MAGIC } from '../format/extent.js';
 import { AddressSpace, type ErrCursor } from '../cache/address-space.js';
 import { PG, type Page } from '../cache/page.js';
 import { PagePool } from '../cache/page-pool.js';
@@ -459,6 +459,10 @@ export class FileData {
   private async fillPages(d: InodeData, pages: readonly Page[], whole: boolean): Promise<void> {
     const bs = this.s.blockSize;
     await d.withTree(async () => {
+      // A file without any extent (new, or truncated to nothing) is all holes: nothing to map.
+      // (A bad root falls through to mapExtentPoint, which reports it.)
+      const root = new ExtentHeader(d.info.iBlock, 0);
+      if (root.eh_magic === EXT4_EXT_MAGIC && root.eh_entries === 0) return;
       // One point lookup per run (extent piece or hole up to the next extent), not per buffer.
       let m: Mapping | undefined;
       const lastLblk = pages.length === 0 ? 0 : pages[pages.length - 1]!.buffers[pages[pages.length - 1]!.buffers.length - 1]!.lblk;
