@@ -196,6 +196,12 @@ export function parseDirArea(area: Uint8Array, ctx: DirParseCtx, blockSize = are
   return out;
 }
 
+/** parseDirArea's checks without collecting the entries (validating a block we just changed). */
+export function checkDirArea(area: Uint8Array, ctx: DirParseCtx, blockSize = area.length): void {
+  // Each step advances by recLen >= 12 (checked).
+  for (let off = 0; off < area.length; ) off += checkDirEntry(area, off, blockSize, ctx).recLen;
+}
+
 /** Offset of the checksum tail in a block of `blockSize` bytes (EXT4_DIRENT_TAIL). */
 export function dirTailOffset(blockSize: number): number {
   return blockSize - DIRENT_TAIL_SIZE;
@@ -349,6 +355,35 @@ export function findDirSlot(area: Uint8Array, recLen: number, blockSize: number)
     off += h.recLen;
   }
   return -1;
+}
+
+/** findDestDirEntry's answer when the name is already in the area. */
+export const DIR_NAME_EXISTS = -2;
+
+/**
+ * ext4_find_dest_de in one pass without decoding entries into objects: DIR_NAME_EXISTS when a
+ * live entry of `area` has `name`, else what findDirSlot returns for `recLen`. Like findDirSlot,
+ * it trusts a chain that parseDirArea accepted (a verified block).
+ */
+export function findDestDirEntry(area: Uint8Array, name: Uint8Array, recLen: number, blockSize: number): number {
+  let slot = -1;
+  let off = 0;
+  const n = name.length;
+  while (off < area.length) {
+    // OK to index: the header lies inside the area (the chain was checked).
+    const ino = (area[off]! | (area[off + 1]! << 8) | (area[off + 2]! << 16) | (area[off + 3]! << 24)) >>> 0;
+    const rec = recLenFromDisk(area[off + 4]! | (area[off + 5]! << 8), blockSize);
+    const nameLen = area[off + 6]!;
+    assert(rec >= dirEntryMinRecLen(1) && off + rec <= area.length, () => `findDestDirEntry: bad rec_len ${rec} at ${off}`);
+    if (ino !== 0 && nameLen === n) {
+      let same = true;
+      for (let i = 0; i < n && same; i++) same = area[off + DIRENT_HEADER + i] === name[i];
+      if (same) return DIR_NAME_EXISTS;
+    }
+    if (slot < 0 && (ino !== 0 ? rec - dirEntryMinRecLen(nameLen) : rec) >= recLen) slot = off;
+    off += rec;
+  }
+  return slot;
 }
 
 /**

@@ -39,7 +39,7 @@ import { dcacheGet, dcacheSet, dcacheDelete, dcacheKnownAbsent } from './dcache.
 import { type InodeInfo, writeInode } from '../inode/inode.js';
 import type { MetaBuffer } from '../../cache/buffer-cache.js';
 import {
-  parseDirBlock, findDirSlot, insertDirEntry, deleteDirEntry, buildDirLeaf, initDirBlock,
+  parseDirBlock, checkDirArea, hasDirTail, findDirSlot, findDestDirEntry, DIR_NAME_EXISTS, insertDirEntry, deleteDirEntry, buildDirLeaf, initDirBlock,
   initDirDotBlock, setDirBlockCsum, setDirEntryIno, setDirEntryFileType, dirEntryMinRecLen,
   dirTailOffset, EXT4_NAME_LEN, EXT4_FT_MAX, type DirEntryRaw, type DirEntryInput, type DirParseCtx,
 } from '../../format/dirent.js';
@@ -224,7 +224,10 @@ function assertParses(what: string, buf: MetaBuffer, parse: () => unknown): void
 function dirtyLeaf(op: Op, buf: MetaBuffer): void {
   const seed = op.seed;
   op.s.cache.markDirty(buf, op.csum ? (d: Uint8Array) => setDirBlockCsum(seed, d) : undefined);
-  assertParses('directory leaf', buf, () => parseDirBlock(buf.data, { ...parseCtx(op, buf), skipCsum: true }));
+  assertParses('directory leaf', buf, () => {
+    if (op.csum) assert(hasDirTail(buf.data), 'directory leaf lost its checksum tail');
+    checkDirArea(areaOf(op, buf.data), parseCtx(op, buf), op.bs);
+  });
 }
 
 /** Stores a frame's entries and marks its block dirty (ext4_handle_dirty_dx_node). */
@@ -461,6 +464,21 @@ async function addLinear(op: Op, e: DirEntryInput): Promise<void> {
   const n = op.blocks.count();
   if (n === 0) throw new Corrupt('directory', 'has no blocks', { ino: op.dir.ino });
   for (let lblk = 0; lblk < n; lblk++) {
+    // A block verified before (and re-checked after each of our changes) needs no parse: one
+    // pass over its raw entries finds the name or a slot, as the kernel's ext4_find_dest_de.
+    const buf = await getBlock(op, lblk);
+    if (buf.verified) {
+      const area = areaOf(op, buf.data);
+      const off = findDestDirEntry(area, e.name, dirEntryMinRecLen(e.name.length), op.bs);
+      if (off === DIR_NAME_EXISTS) throw new PosixError('EEXIST', 'link', undefined, `"${decodeName(e.name)}" exists in directory inode ${op.dir.ino}`);
+      if (off >= 0) {
+        insertDirEntry(area, off, e, op.bs);
+        dirtyLeaf(op, buf);
+        return;
+      }
+      // Full: a one-block directory becomes indexed below, which needs the parsed entries.
+      if (!(n === 1 && op.s.features.dirIndex)) continue;
+    }
     const leaf = await readLeaf(op, lblk);
     if (addToLeaf(op, leaf, e)) return;
     if (n === 1 && op.s.features.dirIndex) {
