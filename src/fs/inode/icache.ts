@@ -87,13 +87,16 @@ export function iadd(s: Ext4Super, info: InodeInfo): void {
  */
 export function itrim(s: Ext4Super): void {
   const c = cacheOf(s);
-  if (c.size <= ICACHE_MAX) return;
   const h = holds.get(s);
+  // The limit bounds the entries that can go: held ones (the page cache's, bounded by its own
+  // limits) do not count, or every operation would rescan them in vain.
+  const held = h?.size ?? 0;
+  if (c.size - held <= ICACHE_MAX) return;
   const spared: InodeInfo[] = [];
   // Down to three quarters, so that the scan (past held entries) is not paid per operation.
   const target = ICACHE_MAX - (ICACHE_MAX >> 2);
   for (const [k, info] of c) {
-    if (c.size <= target) break;
+    if (c.size - held <= target) break;
     if (h?.has(k) === true) continue;
     c.delete(k);
     if (info.referenced) {
@@ -102,7 +105,7 @@ export function itrim(s: Ext4Super): void {
     }
   }
   // Spared entries go to the young end; if they alone exceed the limit, the oldest still go.
-  for (const info of spared) if (c.size < target) c.set(info.ino, info);
+  for (const info of spared) if (c.size - held < target) c.set(info.ino, info);
 }
 
 /** Drops an inode that was freed (its number may be reused by a new inode). */
