@@ -42,7 +42,11 @@ export interface SimDeviceOptions {
   queue: WorkQueue;
   /** Seed for the device's own decisions (latency, probabilistic EIO, crash). */
   seed: number;
-  /** Initial durable contents (copied); or give sizeBytes for a zeroed device. */
+  /**
+   * Initial durable contents, shared and never written (the device keeps its changes apart, so
+   * a large image costs only what a run writes): leave it unchanged while the device lives. Or
+   * give sizeBytes for a zeroed device.
+   */
   image?: Uint8Array;
   sizeBytes?: number;
   sectorSize?: number;
@@ -64,6 +68,59 @@ export interface SimDeviceOptions {
  * order (a later write surviving while an earlier one vanishes), each possibly torn.
  */
 export type CrashMode = 'lose-unflushed' | 'keep-unflushed' | 'random';
+
+/** Bytes per copy-on-write chunk of a device's contents. */
+const CHUNK_BYTES = 64 << 10;
+
+/**
+ * A device's contents: CHUNK_BYTES chunks read from the initial image until first written, then
+ * from a private copy, so the image is never written and a large one costs only what changes.
+ */
+class Contents {
+  /** The chunks written so far, by index. */
+  private readonly own = new Map<number, Uint8Array>();
+
+  constructor(private readonly base: Uint8Array) {}
+
+  /** Copies `dst.length` bytes at `offsetBytes` into `dst`. */
+  read(offsetBytes: number, dst: Uint8Array): void {
+    this.pieces(offsetBytes, dst.length, (i, from, at, n) => {
+      const chunk = this.own.get(i);
+      const pos = offsetBytes + at;
+      dst.set(chunk !== undefined ? chunk.subarray(from, from + n) : this.base.subarray(pos, pos + n), at);
+    });
+  }
+
+  /** Stores `src` at `offsetBytes`, copying each chunk it touches on its first write. */
+  write(offsetBytes: number, src: Uint8Array): void {
+    this.pieces(offsetBytes, src.length, (i, from, at, n) => {
+      let chunk = this.own.get(i);
+      if (chunk === undefined) {
+        chunk = this.base.slice(i * CHUNK_BYTES, (i + 1) * CHUNK_BYTES);
+        this.own.set(i, chunk);
+      }
+      chunk.set(src.subarray(at, at + n), from);
+    });
+  }
+
+  /** The whole contents as a new array. */
+  toArray(): Uint8Array {
+    const out = this.base.slice();
+    for (const [i, chunk] of this.own) out.set(chunk, i * CHUNK_BYTES);
+    return out;
+  }
+
+  /** Calls `fn(chunk index, offset in chunk, offset in the request, length)` per chunk of a request. */
+  private pieces(offsetBytes: number, len: number, fn: (i: number, from: number, at: number, n: number) => void): void {
+    for (let at = 0; at < len; ) {
+      const i = Math.floor((offsetBytes + at) / CHUNK_BYTES);
+      const from = offsetBytes + at - i * CHUNK_BYTES;
+      const n = Math.min(len - at, CHUNK_BYTES - from);
+      fn(i, from, at, n);
+      at += n;
+    }
+  }
+}
 
 /** A write in the volatile cache or in flight. */
 interface SimWrite {
@@ -96,9 +153,9 @@ export class SimDevice implements BlockDevice {
   readonly prng: Prng;
   readonly stats: SimDeviceStats = { reads: 0, writes: 0, flushes: 0, eio: 0 };
   /** What survives a power cut with nothing in the cache. */
-  private readonly durable: Uint8Array;
+  private readonly durable: Contents;
   /** What reads see: durable plus the completed writes in the cache. */
-  private readonly visible: Uint8Array;
+  private readonly visible: Contents;
   /** Completed, unflushed writes in completion order. */
   private cache: SimWrite[] = [];
   private readonly inflight = new Map<number, InFlight>();
@@ -111,10 +168,11 @@ export class SimDevice implements BlockDevice {
     this.sectorSize = opts.sectorSize ?? 512;
     this.maxRequestBytes = opts.maxRequestBytes ?? 1 << 20;
     this.readOnly = opts.readOnly ?? false;
-    this.durable = opts.image !== undefined ? opts.image.slice() : new Uint8Array(opts.sizeBytes ?? 0);
+    const image = opts.image ?? new Uint8Array(opts.sizeBytes ?? 0);
     assert(opts.image === undefined || opts.sizeBytes === undefined || opts.sizeBytes === opts.image.length, 'SimDevice: image and sizeBytes disagree');
-    this.sizeBytes = this.durable.length;
-    this.visible = this.durable.slice();
+    this.sizeBytes = image.length;
+    this.durable = new Contents(image);
+    this.visible = new Contents(image);
     const lat = opts.latencyTicks ?? { min: 0, max: 10 };
     assert(Number.isSafeInteger(lat.min) && lat.min >= 0 && lat.max >= lat.min, 'SimDevice: bad latency range');
     assert(this.sizeBytes % this.sectorSize === 0, 'SimDevice: size not a multiple of the sector size');
@@ -132,7 +190,7 @@ export class SimDevice implements BlockDevice {
   read(offsetBytes: number, dst: Uint8Array): Promise<void> {
     const req = this.begin('read', offsetBytes, dst.length);
     return this.complete(req, undefined, () => {
-      dst.set(this.visible.subarray(offsetBytes, offsetBytes + dst.length));
+      this.visible.read(offsetBytes, dst);
     });
   }
 
@@ -141,7 +199,7 @@ export class SimDevice implements BlockDevice {
     const req = this.begin('write', offsetBytes, src.length);
     const w: SimWrite = { id: req.id, offsetBytes, data: src.slice() };
     return this.complete(req, w, () => {
-      this.visible.set(w.data, offsetBytes);
+      this.visible.write(offsetBytes, w.data);
       this.cache.push(w);
     });
   }
@@ -156,7 +214,7 @@ export class SimDevice implements BlockDevice {
     return this.complete(req, undefined, () => {
       const keep: SimWrite[] = [];
       for (const w of this.cache) {
-        if (barrier.has(w.id)) this.durable.set(w.data, w.offsetBytes);
+        if (barrier.has(w.id)) this.durable.write(w.offsetBytes, w.data);
         else keep.push(w);
       }
       this.cache = keep;
@@ -175,7 +233,7 @@ export class SimDevice implements BlockDevice {
   crash(mode: CrashMode): Uint8Array {
     assert(!this.crashed, 'SimDevice crashed twice');
     this.crashed = true;
-    const image = this.durable.slice();
+    const image = this.durable.toArray();
     // Cached writes in completion order, then in-flight writes (newer than any cached write
     // they overlap, since in-flight writes never overlap each other or earlier in-flight ones).
     const inflightWrites = [...this.inflight.values()].flatMap((f) => (f.write !== undefined ? [f.write] : []));
@@ -196,7 +254,7 @@ export class SimDevice implements BlockDevice {
 
   /** A copy of what is durable now (what crash('lose-unflushed') would return). */
   durableImage(): Uint8Array {
-    return this.durable.slice();
+    return this.durable.toArray();
   }
 
   /** Keeps a seeded subset of the sectors of `w` in `image`. */

@@ -25,6 +25,11 @@ export interface MetaBuffer {
   finalize?: ((data: Uint8Array) => void) | undefined;
   /** Never evicted (group descriptor blocks: views into them live for the whole mount). */
   pinned?: boolean;
+  /**
+   * A block allocated since the last sync, which nothing on disk points at yet (a new extent-tree
+   * node): sync makes it durable before the blocks that may point at it.
+   */
+  fresh?: boolean;
 }
 
 export class BufferCache {
@@ -149,27 +154,20 @@ export class BufferCache {
 
   /**
    * Writes every dirty buffer in block order, runs of adjacent blocks as one request up to the
-   * device's limit, then flushes the device.
+   * device's limit, then flushes the device. Fresh buffers go first, behind their own flush: a
+   * power cut between the two passes then never leaves a block on disk pointing at a new block
+   * that is not (e2fsck would clear the pointer and everything under it, an extent tree with
+   * data fsynced long before). Without a journal the commit stays non-atomic otherwise.
    */
   async sync(): Promise<void> {
     this.finalizeAll();
     const dirty = [...this.held.values()].filter((b) => b.dirty).sort((a, b) => a.blockNr - b.blockNr);
-    const maxRun = Math.max(1, Math.floor(this.dev.maxRequestBytes / this.blockSize));
-    for (let i = 0; i < dirty.length; ) {
-      let j = i + 1;
-      // OK to index: j < dirty.length is checked first.
-      while (j < dirty.length && j - i < maxRun && dirty[j]!.blockNr === dirty[j - 1]!.blockNr + 1) j++;
-      const first = dirty[i]!;
-      if (j - i === 1) {
-        await this.dev.write(first.blockNr * this.blockSize, first.data);
-      } else {
-        const run = new Uint8Array((j - i) * this.blockSize);
-        for (let k = i; k < j; k++) run.set(dirty[k]!.data, (k - i) * this.blockSize);
-        await this.dev.write(first.blockNr * this.blockSize, run);
-      }
-      for (let k = i; k < j; k++) dirty[k]!.dirty = false;
-      i = j;
+    const fresh = dirty.filter((b) => b.fresh === true);
+    if (fresh.length > 0 && fresh.length < dirty.length) {
+      await this.writeRuns(fresh);
+      await this.dev.flush();
     }
+    await this.writeRuns(dirty.filter((b) => b.dirty));
     await this.dev.flush();
     // Written buffers become evictable again (pinned ones stay held).
     for (const b of dirty) {
@@ -178,6 +176,29 @@ export class BufferCache {
       this.lru.set(b.blockNr, b);
     }
     if (this.lru.size > this.capacity) this.insertTrim(undefined);
+  }
+
+  /** Writes `bufs` (dirty, in block order), runs of adjacent blocks as one request; they become clean. */
+  private async writeRuns(bufs: readonly MetaBuffer[]): Promise<void> {
+    const maxRun = Math.max(1, Math.floor(this.dev.maxRequestBytes / this.blockSize));
+    for (let i = 0; i < bufs.length; ) {
+      let j = i + 1;
+      // OK to index: j < bufs.length is checked first.
+      while (j < bufs.length && j - i < maxRun && bufs[j]!.blockNr === bufs[j - 1]!.blockNr + 1) j++;
+      const first = bufs[i]!;
+      if (j - i === 1) {
+        await this.dev.write(first.blockNr * this.blockSize, first.data);
+      } else {
+        const run = new Uint8Array((j - i) * this.blockSize);
+        for (let k = i; k < j; k++) run.set(bufs[k]!.data, (k - i) * this.blockSize);
+        await this.dev.write(first.blockNr * this.blockSize, run);
+      }
+      for (let k = i; k < j; k++) {
+        bufs[k]!.dirty = false;
+        bufs[k]!.fresh = false;
+      }
+      i = j;
+    }
   }
 
   /**

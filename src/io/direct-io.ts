@@ -285,7 +285,9 @@ class DioRequest {
   /**
    * The bio completion (dio_bio_end_aio → ext4_end_io_dio): with an io_end, completeBio links
    * the bio's finish to the io_end when conversion is pending and drops the reference with
-   * putDefer, which queues the conversion; never converts here (invariant 9).
+   * putDefer, which queues the conversion; never converts here (invariant 9). A failed
+   * conversion is this request's result (issueWrite finds the range unwritten), never the
+   * mapping's: the caller sees the error once, and no later fsync reports it again.
    */
   endBio(status: BioStatus): void {
     if (status !== 0) this.failed ??= status;
@@ -581,6 +583,7 @@ export class DirectIo {
         setInodeSizeBytes(info.view, newSize);
       }
       await this.trimAllocated(info, runs, newSize);
+      if (done === 0) await this.zeroPastEof(info, runs, newSize);
       touch(s, info, ['mtime', 'ctime']);
       await writeInode(s, info);
       if (orphan) await orphanDel(s, info);
@@ -711,6 +714,32 @@ export class DirectIo {
       }
       await writeInode(s, info);
     });
+  }
+
+  /**
+   * After a failed extending write (ext4_truncate_failed_write, whose truncate zeroes the partial
+   * block with ext4_block_truncate_page): the written block holding EOF may have taken this
+   * request's data past EOF from a bio that landed while another failed. Zeroes that tail on disk,
+   * so the file reads zeros there, not the failed write's data, once it grows again. Best effort,
+   * like the kernel's: an I/O error leaves the tail as it is, and the cleanup after it still runs.
+   * Called under the inode lock, within the request's block range.
+   */
+  private async zeroPastEof(info: InodeInfo, runs: readonly DioRun[], sizeBytes: number): Promise<void> {
+    const s = this.s;
+    const bs = s.blockSize;
+    const lblk = Math.floor(sizeBytes / bs);
+    const run = runs.find((r) => r.kind === 'mapped' && r.lblk <= lblk && lblk < r.lblk + r.len);
+    if (sizeBytes % bs === 0 || run?.pblk === undefined) return;
+    const pblk = run.pblk + (lblk - run.lblk);
+    const block = new Uint8Array(bs);
+    try {
+      await s.readBlocks(pblk, 1, block);
+      block.fill(0, sizeBytes % bs);
+      await s.dev.write(pblk * bs, block);
+    } catch (e) {
+      // An I/O error leaves the tail; a bug still throws.
+      asResult(e);
+    }
   }
 
   // -------------------------------------------------------------------------------------------

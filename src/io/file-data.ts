@@ -103,7 +103,12 @@ export interface DataStats {
   bytesWritten: number;
 }
 
-/** Blocks held back per inode with delayed data, for extent-tree blocks the mapping may need. */
+/**
+ * Free blocks every data allocation (a delayed reservation, fallocate) leaves beyond the delayed
+ * reservations, for the extent-tree blocks of later mappings and conversions (the kernel's
+ * reserved clusters, s_resv_clusters): a conversion that splits an unwritten extent must not fail
+ * for want of a block, or the data it converts would read as zeros.
+ */
 const METADATA_RESERVE_BLOCKS = 8;
 
 /** One bio's private data: its io_end reference and the page segments it carries. */
@@ -339,8 +344,7 @@ export class FileData {
     }
     if (need > 0) {
       const free = getBalloc(this.s).freeBlocksCount();
-      const meta = d.delayed === 0 ? METADATA_RESERVE_BLOCKS : 0;
-      if (free - this.reservedBlocks - meta < need) {
+      if (free - this.reservedBlocks - METADATA_RESERVE_BLOCKS < need) {
         throw new PosixError('ENOSPC', 'write', undefined, `${need} block(s) needed, ${free} free, ${this.reservedBlocks} reserved`);
       }
     }
@@ -735,12 +739,16 @@ export class FileData {
     return failure;
   }
 
-  /** ext4_end_bio: page segments end (now, or after conversion) and the bio's reference drops. */
+  /**
+   * ext4_end_bio: page segments end (now, or after conversion) and the bio's reference drops. A
+   * failed conversion lost the write (the data reads as zeros): the next fsync reports it as EIO.
+   */
   private endBio(bio: Bio<BioCtx>, status: BioStatus): void {
     const { io, segs } = bio.private;
     const st = status === 0 ? null : status;
     io.completeBio({
-      finish: () => {
+      finish: (convertFailed) => {
+        if (convertFailed) segs[0]?.page.mapping.setError('EIO');
         for (const sg of segs) if (endPageWrite(sg.page, sg.off, sg.len, st)) this.writebackEnded();
       },
     }, st !== null);
@@ -759,14 +767,9 @@ export class FileData {
    */
   private async convert(d: InodeData, ranges: readonly IoRange[]): Promise<void> {
     const bs = this.s.blockSize;
-    try {
-      faults.hit('conversion');
-    } catch (e) {
-      // The data is on disk but stays unwritten (reads give zeros): a lost write, reported
-      // by the next fsync like an I/O error (the kernel logs "potential data loss").
-      d.mapping.setError('EIO');
-      throw e;
-    }
+    // A failure leaves the data on disk but unwritten (reads give zeros; the kernel logs
+    // "potential data loss"): reported by the io_end's owner, see endBio and DioRequest.
+    faults.hit('conversion');
     await this.s.withMetaUpdate(() => d.withTree(async () => {
       const tree = this.tree(d);
       let disk = d.info.size;
@@ -1099,8 +1102,8 @@ export class FileData {
       if (cur < to) holes.push({ lblk: cur, len: to - cur });
       let need = 0;
       for (const h of holes) need += h.len;
-      // Delayed reservations of other writers stay honoured.
-      if (need > 0 && balloc.freeBlocksCount() - this.reservedBlocks < need) {
+      // Delayed reservations of other writers stay honoured, and the tree blocks' reserve kept.
+      if (need > 0 && balloc.freeBlocksCount() - this.reservedBlocks - METADATA_RESERVE_BLOCKS < need) {
         throw new PosixError('ENOSPC', 'fallocate', undefined, `${need} block(s) needed`);
       }
       for (const h of holes) {

@@ -38,8 +38,12 @@ export type { WorkQueue } from '../runtime/work-queue.js';
 
 /** A completed bio linked to an io_end whose completion is deferred until after conversion. */
 export interface DeferredBio {
-  /** Ends writeback for the pages of this bio (ext4_finish_bio). */
-  finish(): void;
+  /**
+   * Ends writeback for the pages of this bio (ext4_finish_bio). `convertFailed`: the io_end's
+   * conversion failed, so the data landed but reads as zeros — a lost write for the page cache to
+   * report; a direct request reports it as its own result instead.
+   */
+  finish(convertFailed: boolean): void;
 }
 
 export const IO_END_UNWRITTEN = 0x1;
@@ -215,7 +219,7 @@ export class IoEnd {
     this.live('completeBio');
     if (failed) this.markFailed();
     if (this.deferCompletion()) this.deferredBios.push(bio);
-    else bio.finish();
+    else bio.finish(false);
     this.putDefer();
   }
 
@@ -233,7 +237,7 @@ export class IoEnd {
     }
     // UNWRITTEN without ranges (invariant 13): nothing to convert, so the flag goes here.
     this.clearUnwritten();
-    this.release();
+    this.release(false);
   }
 
   /**
@@ -262,21 +266,22 @@ export class IoEnd {
       }
     }
     this.clearUnwritten();
-    this.release();
+    this.release(err !== undefined);
     return err;
   }
 
   /**
    * ext4_release_io_end: exactly once, off every list, not UNWRITTEN (invariants 1, 4); ends
-   * page writeback of the bios whose completion waited for the conversion (invariant 24).
+   * page writeback of the bios whose completion waited for the conversion (invariant 24), telling
+   * them whether it failed.
    */
-  private release(): void {
+  private release(convertFailed: boolean): void {
     assert(!this.released, () => `inode ${this.inode.ino}: io_end released twice`);
     assert(this.count === 0, () => `inode ${this.inode.ino}: release at count ${this.count}`);
     assert(!this.onList, () => `inode ${this.inode.ino}: release of a queued io_end`);
     assert(!this.isUnwritten, () => `inode ${this.inode.ino}: release of an UNWRITTEN io_end`);
     this.released = true;
-    for (const b of this.deferredBios.splice(0)) b.finish();
+    for (const b of this.deferredBios.splice(0)) b.finish(convertFailed);
     this.inode.ioendCount--;
     assert(this.inode.ioendCount >= 0, () => `inode ${this.inode.ino}: io_end count below zero`);
     this.inode.wakeIfIdle();

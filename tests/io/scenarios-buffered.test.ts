@@ -570,6 +570,39 @@ test('S12: fallocate, buffered write, EIO: the failed io_end is not converted, r
   }
 });
 
+test('conversion near a full filesystem: fallocate leaves the blocks a later conversion needs to split the unwritten extent, so buffered writes into it convert and fsync succeeds (crash harness seed 4672)', async () => {
+  const r = await makeRig({ blockSize: 1024, pageSize: 4096, seed: 21 });
+  const [info, filler] = await r.wq.run(async () => [await mkfile(r, 'f'), await mkfile(r, 'filler')]);
+  const cursor = r.data.openErrCursor(info);
+  const balloc = getBalloc(r.s);
+  const isEnospc = (e: unknown): boolean => e instanceof PosixError && e.code === 'ENOSPC';
+  await r.wq.run(async () => {
+    await r.data.fallocate(filler, 0, (balloc.freeBlocksCount() - 64) * 1024);
+    // Preallocate as much as fallocate allows (it used to take every free block).
+    for (let n = balloc.freeBlocksCount(); ; n--) {
+      try {
+        await r.data.fallocate(info, 0, n * 1024);
+        break;
+      } catch (e) {
+        if (!isEnospc(e)) throw e;
+      }
+    }
+    await r.data.fsync(info, cursor);
+    // Every other block written: each conversion splits the unwritten extent, and past the four
+    // extents of the inode the tree needs a block.
+    for (let b = 1; b < 24; b += 2) await r.data.write(info, b * 1024, pattern(1024, b));
+    await r.data.fsync(info, cursor);
+    await r.data.flushAll();
+    r.data.dropCaches();
+  });
+  const got = await r.wq.run(() => r.data.read(info, 0, 24 * 1024));
+  for (let b = 0; b < 24; b++) {
+    const want = b % 2 === 1 ? pattern(1024, b) : new Uint8Array(1024);
+    assert.deepEqual(got.subarray(b * 1024, (b + 1) * 1024), want, `block ${b}`);
+  }
+  assertIdle(r, info, 'after the conversions');
+});
+
 // ---------------------------------------------------------------------------------------------
 // S13: conversion never needs what a writeback waiter holds
 // ---------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@
  *   S12 (with S10's one predicate) EIO on a DIO into unwritten extents — no conversion, zeros.
  *   S16 overlapping AIO into a range whose conversion is pending waits for the conversion.
  *   invariants 15 (error paths), 16 (lazy io_end), 17 (sync conversion range);
- *   truncate waits for direct I/O (inode_dio_wait); a crash during an extending write.
+ *   truncate waits for direct I/O (inode_dio_wait); a crash during an extending write;
+ *   errors reported once (a failed conversion of a direct write is its own EIO, not fsync's);
+ *   a failed extending write leaves zeros past EOF (the crash harness's catches).
  *
  * A hang (a counter that never returns to zero, a lost completion) fails the run through
  * SimWorkQueue.run's "workload still waiting" check. Every io_end is released once or IoEnd's
@@ -306,6 +308,62 @@ test('S12 with S10 (generic/250, 252): EIO on a direct write into unwritten exte
     await r.close();
   });
   e2fsckClean(image, 's12');
+});
+
+test('a failed conversion of an asynchronous direct write is that request\'s EIO, reported once: fsync does not report it again; a writeback io_end\'s failed conversion is still the next fsync\'s EIO (crash harness seed 41)', async () => {
+  const image = await withRig({ seed: 311 }, async (r) => {
+    const bs = r.bs;
+    const info = await layout(r, 'f');
+    const cursor = r.data.openErrCursor(info);
+    let uninstall = faults.install((site) => site === 'conversion');
+    try {
+      await assert.rejects(r.dio.write(info, 8 * bs, pattern(8, 8 * bs), { async: true }), isCode('EIO'));
+    } finally {
+      uninstall();
+    }
+    assert.deepEqual(await r.extents(info), [[0, 8, false], [8, 8, true]], 'nothing converted: the range reads zeros');
+    await assertIdle(r, info, 'direct');
+    await r.data.fsync(info, cursor);
+    // The buffered twin: nobody else saw that lost write, so fsync reports it, once.
+    await r.data.write(info, 16 * bs, pattern(9, 4 * bs));
+    uninstall = faults.install((site) => site === 'conversion');
+    try {
+      await assert.rejects(r.data.fsync(info, cursor), isCode('EIO'));
+    } finally {
+      uninstall();
+    }
+    await r.data.fsync(info, cursor);
+    await assertIdle(r, info, 'buffered');
+    await r.close();
+  });
+  e2fsckClean(image, 'conversion-once');
+});
+
+test('a failed extending direct write zeroes the block holding EOF past EOF (ext4_truncate_failed_write): the file grown later reads zeros there, not the failed data, even when that block cannot be read (crash harness seed 588)', async () => {
+  const image = await withRig({ seed: 312 }, async (r) => {
+    const bs = r.bs;
+    for (const unreadable of [false, true]) {
+      const info = await r.newFile(`f${unreadable ? 1 : 0}`);
+      await r.dio.write(info, 0, pattern(10, 4 * bs));
+      const eof = 3 * bs + 100;
+      await r.data.withInodeLock(info, () => r.data.truncate(info, eof, (i, sz) => r.ns.truncateInode(i, sz)));
+      const p3 = (await r.data.withTreeLock(info, () => new ExtentTree(r.s, info, getBalloc(r.s)).lookup(3)))!;
+      const at3 = (p3.pblk + 3 - p3.lblk) * bs;
+      const hits3 = (req: SimRequest): boolean => req.offsetBytes <= at3 && at3 < req.offsetBytes + req.lenBytes;
+      // Blocks 2..11: the bio holding block 3 lands, another one fails; with `unreadable`, so
+      // does the read of block 3 that zeroing its tail needs.
+      r.eio = (req) => (req.op === 'write' && !hits3(req)) || (unreadable && req.op === 'read' && hits3(req));
+      await assert.rejects(r.dio.write(info, 2 * bs, pattern(11, 10 * bs)), isCode('EIO'));
+      r.eio = undefined;
+      assert.equal(r.data.sizeOf(info), eof, 'size unchanged');
+      await assertIdle(r, info, `failed extending write${unreadable ? ', tail unreadable' : ''}`);
+      await r.data.withInodeLock(info, () => r.data.truncate(info, 6 * bs, (i, sz) => r.ns.truncateInode(i, sz)));
+      const tail = (await r.readBlocks(info, 3, 1)).subarray(100);
+      if (!unreadable) assert.ok(tail.every((x) => x === 0), 'past the old EOF: zeros');
+    }
+    await r.close();
+  });
+  e2fsckClean(image, 'extending-eof');
 });
 
 test('S16: a write overlapping a range whose conversion is pending waits for that conversion before it submits; a disjoint one does not wait', async () => {

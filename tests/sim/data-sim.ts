@@ -51,11 +51,12 @@ import { Namespace } from '../../src/fs/namespace.js';
 import { iget } from '../../src/fs/inode/icache.js';
 import type { InodeInfo } from '../../src/fs/inode/inode.js';
 import { FileData, type FallocateMode } from '../../src/io/file-data.js';
-import type { InodeIo, IoEnd, IoRange } from '../../src/io/io-end.js';
+import type { IoEnd, IoRange } from '../../src/io/io-end.js';
 import { faults, type FaultSite } from '../../src/runtime/faults.js';
 import { seededPrng, type Prng } from '../../src/runtime/random.js';
 import { SimWorkQueue } from '../../src/runtime/work-queue.js';
 import { PosixError } from '../../src/util/errors.js';
+import { IoEndAudit, dataBioBlocks, errText, quiescenceViolation, rangesText } from './engine-checks.js';
 
 // ---------------------------------------------------------------------------------------------
 // ByteModel: a file's bytes where a byte may allow one of two values
@@ -503,15 +504,8 @@ class DataSim {
   private widenings: { f: FileModel; pos: number; len: number; zero: boolean }[] = [];
   private opIndex = -1;
   private violation: Violation | undefined;
-  private readonly hooked = new WeakSet<InodeIo>();
-  private readonly queuedIoEnds = new WeakSet<IoEnd>();
-  /** Unwritten io_ends queued for conversion, FAILED among them, conversion calls and ranges. */
-  private queued = 0;
-  private failedQueued = 0;
-  private convertCalls = 0;
-  private rangesConverted = 0;
-  private unwrittenBase = 0;
-  private conversionsBase = 0;
+  /** Conversion accounting and the FAILED io_ends and failed conversions it reports. */
+  private audit!: IoEndAudit<FileModel>;
   private faultsOn = false;
   private uninstallFaults: (() => void) | undefined;
   private durable: Uint8Array | undefined;
@@ -601,8 +595,10 @@ class DataSim {
       pageSizeBytes: c.pageSize, wq: this.wq, maxBioVecs: c.maxBioVecs,
       dirtyLimitBytes: c.dirtyLimitBytes, cacheLimitBytes: c.cacheLimitBytes,
     });
-    this.unwrittenBase = this.data.stats.unwrittenIoEnds;
-    this.conversionsBase = this.data.stats.conversions;
+    this.audit = new IoEndAudit<FileModel>(this.data, {
+      queued: (f, ioEnd, convert) => this.onQueued(f, ioEnd, convert),
+      convertFailed: (f, ranges, e) => this.onConvertFailed(f, ranges, e),
+    }, (msg) => this.note(msg));
     for (let i = 0; i < c.files; i++) {
       const created = await this.ns.mknod(`/f${i}`, { type: 'file' }, 0o644, { uid: 0, gid: 0 });
       const info = await iget(this.s, created.ino);
@@ -636,67 +632,52 @@ class DataSim {
 
   // ---- watching the engine ------------------------------------------------------------------
 
-  /**
-   * Hooks the file's InodeIo (again after a cache drop made a new one): addCompleted reports
-   * every unwritten io_end after its last bio, FAILED or not; convert counts conversions.
-   */
+  /** Hooks the file's InodeIo (again after a cache drop made a new one): see IoEndAudit. */
   private hook(f: FileModel): void {
-    const io = this.data.inodeIo(f.info);
-    if (this.hooked.has(io)) return;
-    this.hooked.add(io);
-    const bs = this.bs;
-    const addCompleted = io.addCompleted.bind(io);
-    io.addCompleted = (ioEnd: IoEnd): void => {
-      if (this.queuedIoEnds.has(ioEnd)) this.note(`${f.name}: io_end queued for conversion twice (invariant 8)`);
-      this.queuedIoEnds.add(ioEnd);
-      this.queued++;
-      if (ioEnd.isFailed) {
-        this.say(`  ! FAILED io_end of ${f.name} ${rangesText(ioEnd.ranges)} queued: not converted`);
-        this.failedQueued++;
-        this.counters.failedIoEnds++;
-        if (f.failedBios === 0) this.note(`${f.name}: io_end FAILED but no bio of the file failed`);
-        // Not converted (invariant 14): the whole io_end reads as zeros from disk, even the
-        // blocks of its bios that landed; the cache may still show the new bytes.
-        for (const r of ioEnd.ranges) {
-          f.disk.zero(r.offset, r.size);
-          this.widenCache(f, r.offset, r.size, true);
-          for (let b = r.offset / bs; b < (r.offset + r.size) / bs; b++) f.awaitingFailedIoEnd.delete(b);
-        }
-      }
-      // The canary conversion runs with the io_end's ranges while the worker skips it.
-      // Counted as converted, so only the data checks can notice.
-      if (ioEnd.isFailed && this.opts.canary === 'convertFailedIoEnd') {
-        this.rangesConverted += ioEnd.ranges.length;
-        void convert(ioEnd.ranges.map((r) => ({ ...r })));
-      }
-      addCompleted(ioEnd);
-    };
-    const convert = io.convert;
-    (io as unknown as { convert: (r: readonly IoRange[]) => Promise<void> }).convert = async (ranges) => {
-      this.convertCalls++;
-      this.rangesConverted += ranges.length;
-      try {
-        await convert(ranges);
-      } catch (e) {
-        if (!(e instanceof PosixError && e.code === 'ENOMEM' && this.faultsOn)) this.note(`${f.name}: conversion failed: ${errText(e)}`);
-        // An injected failure of the conversion transaction: the data landed but its extent
-        // stays unwritten (zeros: "potential data loss"), reported by fsync as a write error.
-        this.rangesConverted -= ranges.length;
-        this.counters.failedConversions++;
-        this.say(`  ! conversion of ${f.name} ${rangesText(ranges)} failed: not converted, EIO to report`);
-        f.failedConversions++;
-        for (const r of ranges) {
-          f.disk.zero(r.offset, r.size);
-          this.widenCache(f, r.offset, r.size, true);
-        }
-        for (const c of f.cursors) c.unseen++;
-        throw e;
-      }
-    };
+    this.audit.hook(f);
   }
 
   private hookAll(): void {
-    for (const f of this.files) if (this.data.has(f.info.ino)) this.hook(f);
+    this.audit.hookAll(this.files);
+  }
+
+  /** An unwritten io_end reached the worker: a FAILED one widens the model (invariant 14). */
+  private onQueued(f: FileModel, ioEnd: IoEnd, convert: (ranges: readonly IoRange[]) => Promise<void>): void {
+    if (!ioEnd.isFailed) return;
+    const bs = this.bs;
+    this.say(`  ! FAILED io_end of ${f.name} ${rangesText(ioEnd.ranges)} queued: not converted`);
+    this.counters.failedIoEnds++;
+    if (f.failedBios === 0) this.note(`${f.name}: io_end FAILED but no bio of the file failed`);
+    // Not converted (invariant 14): the whole io_end reads as zeros from disk, even the
+    // blocks of its bios that landed; the cache may still show the new bytes.
+    for (const r of ioEnd.ranges) {
+      f.disk.zero(r.offset, r.size);
+      this.widenCache(f, r.offset, r.size, true);
+      for (let b = r.offset / bs; b < (r.offset + r.size) / bs; b++) f.awaitingFailedIoEnd.delete(b);
+    }
+    // The canary conversion runs with the io_end's ranges while the worker skips it.
+    // Counted as converted, so only the data checks can notice.
+    if (this.opts.canary === 'convertFailedIoEnd') {
+      this.audit.rangesConverted += ioEnd.ranges.length;
+      void convert(ioEnd.ranges.map((r) => ({ ...r })));
+    }
+  }
+
+  /**
+   * A conversion failed. Only an injected failure of the conversion transaction is expected: the
+   * data landed but its extent stays unwritten (zeros: "potential data loss"), reported by fsync
+   * as a write error.
+   */
+  private onConvertFailed(f: FileModel, ranges: readonly IoRange[], e: unknown): void {
+    if (!(e instanceof PosixError && e.code === 'ENOMEM' && this.faultsOn)) this.note(`${f.name}: conversion failed: ${errText(e)}`);
+    this.counters.failedConversions++;
+    this.say(`  ! conversion of ${f.name} ${rangesText(ranges)} failed: not converted, EIO to report`);
+    f.failedConversions++;
+    for (const r of ranges) {
+      f.disk.zero(r.offset, r.size);
+      this.widenCache(f, r.offset, r.size, true);
+    }
+    for (const c of f.cursors) c.unseen++;
   }
 
   /**
@@ -706,30 +687,15 @@ class DataSim {
    * whether it fails.
    */
   private onDeviceRequest(req: SimRequest): boolean {
-    if (req.op !== 'write') return false;
     const bs = this.bs;
-    if (req.offsetBytes % bs !== 0 || req.lenBytes % bs !== 0) return false;
-    const first = req.offsetBytes / bs;
-    const n = req.lenBytes / bs;
-    const hits = new Map<number, { f: FileModel; lblk: number; data: Uint8Array; unwritten: boolean }>();
-    for (const f of this.files) {
-      if (!this.data.has(f.info.ino)) continue;
-      for (const page of this.data.mappingOf(f.info).findTagged('writeback')) {
-        for (const bh of page.buffers) {
-          if (!BH.testAsyncWrite(bh) || !BH.testMapped(bh)) continue;
-          const pb = bh.pblk as number;
-          if (pb < first || pb >= first + n) continue;
-          if (hits.has(pb)) this.note(`block ${pb} is under async write in two buffers`);
-          hits.set(pb, { f, lblk: bh.lblk, data: page.data.slice(bh.offsetInPage, bh.offsetInPage + bs), unwritten: BH.testUnwritten(bh) });
-        }
-      }
-    }
-    if (hits.size === 0) return false;
-    if (hits.size !== n) {
-      this.note(`device write [block ${first}, +${n}) covers ${hits.size} block(s) under async write and ${n - hits.size} other(s): ` +
-        'a data bio with foreign blocks, or metadata written over data in flight');
+    const hits = dataBioBlocks(this.data, this.files, req, bs);
+    if (hits === undefined) return false;
+    if (typeof hits === 'string') {
+      this.note(hits);
       return false;
     }
+    const first = req.offsetBytes / bs;
+    const n = req.lenBytes / bs;
     const fail = this.cfg.eioRate > 0 && this.faultPrng.chance(this.cfg.eioRate);
     if (fail && this.opts.canary === 'hideEio') return true;
     const touched = new Set<FileModel>();
@@ -1283,28 +1249,10 @@ class DataSim {
    */
   private async checkQuiescent(where: string): Promise<void> {
     const d = this.data;
-    if (this.dev.inFlightCount !== 0) this.fail(`${where}: ${this.dev.inFlightCount} device request(s) in flight after flushAll`);
+    const engine = quiescenceViolation(d, this.dev, this.files, where) ?? this.audit.violation(where);
+    if (engine !== undefined) this.fail(engine);
     for (const f of this.files) {
       if (!d.has(f.info.ino)) continue;
-      const io = d.inodeIo(f.info);
-      if (!io.isIdle() || io.ioendCount !== 0 || io.unwritten !== 0 || io.completed.length !== 0) {
-        this.fail(`${where}: ${f.name} InodeIo not idle: ioendCount ${io.ioendCount}, unwritten ${io.unwritten}, queued ${io.completed.length} (invariants 5, 6)`);
-      }
-      if (io.conversionError !== undefined && f.failedConversions === 0) this.fail(`${where}: ${f.name} conversion failed: ${errText(io.conversionError)}`);
-      const m = d.mappingOf(f.info);
-      if (m.findTagged('writeback').length > 0) this.fail(`${where}: ${f.name} pages tagged writeback after flush (invariant 19, S7)`);
-      if (m.dirtyPages().length > 0) this.fail(`${where}: ${f.name} pages tagged dirty after flush`);
-      let seen = 0;
-      for (let i = 0; i <= Math.ceil(f.maxEnd / this.ps) + 1; i++) {
-        const page = m.findPage(i);
-        if (page === undefined) continue;
-        seen++;
-        if (PG.testLocked(page) || PG.testWriteback(page) || PG.testDirty(page)) this.fail(`${where}: ${f.name} ${page.describe()} after flush (invariant 18)`);
-        for (const bh of page.buffers) {
-          if (BH.testAsyncWrite(bh) || BH.testDirty(bh) || BH.testDelay(bh)) this.fail(`${where}: ${f.name} ${bh.describe()} after flush`);
-        }
-      }
-      if (seen !== m.nrPages) this.fail(`${where}: ${f.name} has ${m.nrPages} cached pages, ${seen} within the file's range`);
       if (f.awaitingFailedIoEnd.size > 0) {
         const [b, op] = [...f.awaitingFailedIoEnd][0]!;
         this.fail(`${where}: ${f.name} lblk ${b}: its bio failed at op #${op} on an unwritten block, but no FAILED io_end covered it (invariant 14)`);
@@ -1313,14 +1261,6 @@ class DataSim {
       const got = await d.read(f.info, 0, f.size + this.ps);
       this.checkRead(f, 0, f.size + this.ps, got, f.cache, `${where}: whole-file read`);
     }
-    if (d.reservedBlocks !== 0) this.fail(`${where}: ${d.reservedBlocks} blocks still reserved with nothing dirty`);
-    const conversions = d.stats.conversions - this.conversionsBase;
-    if (conversions !== this.rangesConverted) this.fail(`${where}: stats.conversions ${conversions} but ${this.rangesConverted} ranges went through convert`);
-    if (this.convertCalls + this.failedQueued !== this.queued) {
-      this.fail(`${where}: ${this.queued} unwritten io_ends queued, ${this.convertCalls} converted + ${this.failedQueued} FAILED (each converted once, FAILED never: invariants 8, 14)`);
-    }
-    const unwrittenIoEnds = d.stats.unwrittenIoEnds - this.unwrittenBase;
-    if (this.queued > unwrittenIoEnds) this.fail(`${where}: ${this.queued} io_ends queued but only ${unwrittenIoEnds} were UNWRITTEN`);
   }
 
   // ---- the end ------------------------------------------------------------------------------
@@ -1386,14 +1326,6 @@ class DataSim {
       rmSync(path, { force: true });
     }
   }
-}
-
-function rangesText(ranges: readonly IoRange[]): string {
-  return ranges.map((r) => `[${r.offset}, +${r.size})`).join(' ');
-}
-
-function errText(e: unknown): string {
-  return e instanceof Error ? `${e.name}: ${e.message}${e.stack !== undefined ? `\n${e.stack.split('\n').slice(1, 6).join('\n')}` : ''}` : String(e);
 }
 
 /**

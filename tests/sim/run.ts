@@ -4,17 +4,24 @@
  * command that replays it.
  *
  * Options:
- *   --seeds N        buffered-data simulation seeds (tests/sim/data-sim.ts; default 1000)
- *   --first-seed S   first data-sim seed (default 1): seeds S … S+N-1
+ *   --seeds N        seeds of each seeded lane: the buffered-data simulation
+ *                    (tests/sim/data-sim.ts) and the crash harness (tests/sim/crash-sim.ts);
+ *                    default 1000
+ *   --first-seed S   first seed of those lanes (default 1): seeds S … S+N-1
  *   --data-ops N     operations per data-sim seed (default 60, as in npm test)
- *   --jobs N         data-sim child processes (default: available CPUs)
+ *   --jobs N         child processes of a seeded lane (default: available CPUs)
  *   --ns-seeds N     random namespace lanes (default 8)
  *   --ops N          operations per namespace lane (default 20000)
  *   --fuzz N         read-fuzz cases (default 50000)
- *   --only WORD      run only the lanes whose name contains WORD (e.g. `--only data-sim`)
+ *   --only WORD      run only the lanes whose name contains WORD (e.g. `--only data-sim`,
+ *                    `--only crash`)
+ *   --crash          run only the crash lane (the same as `--only crash`)
  *   --canary NAME    data-sim seeds misbehave on purpose (checks the failure report path)
  *
- * The data-sim lane ends with the line `data-sim: N seeds run, F failures`.
+ * A seeded lane runs its seeds in child processes (`node dist/tests/sim/<lane>.js --first S
+ * --count N --stride K`), prints progress, each failure with its seed and replay command, what
+ * the seeds exercised, and ends with the line `<lane>: N seeds run, F failures` (`data-sim: …`,
+ * `crash: …`); when only one lane runs, that line is the last of the output.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { availableParallelism } from 'node:os';
@@ -31,16 +38,15 @@ function optText(name: string): string | undefined {
   const i = args.indexOf(name);
   return i >= 0 ? args[i + 1] : undefined;
 }
-const DATA_SEEDS = opt('--seeds', 1000);
+const SEEDS = opt('--seeds', 1000);
 const FIRST_SEED = opt('--first-seed', 1);
 const DATA_OPS = opt('--data-ops', 60);
 const JOBS = opt('--jobs', Math.max(1, availableParallelism()));
 const NS_SEEDS = opt('--ns-seeds', 8);
 const OPS = opt('--ops', 20000);
 const FUZZ = opt('--fuzz', 50000);
-const ONLY = optText('--only');
+const ONLY = args.includes('--crash') ? 'crash' : optText('--only');
 const RUNNER = resolve(import.meta.dirname, '../../../scripts/run-tests.mjs');
-const DATA_SIM = resolve(import.meta.dirname, 'data-sim.js');
 
 interface Lane { name: string; filter: string; env: Record<string, string> }
 const lanes: Lane[] = [];
@@ -61,18 +67,51 @@ function runTestLane(lane: Lane): boolean {
   return ok;
 }
 
-/** What one data-sim child reported. */
+/** A seeded lane: seed ranges run in child processes through a simulator's command line. */
+interface SeedLane {
+  /** The lane's name, which starts each of its lines. */
+  name: string;
+  /** The simulator's compiled command line (data-sim.js, crash-sim.js). */
+  script: string;
+  /** Arguments every child gets besides --first, --count and --stride. */
+  args: string[];
+  /** What each seed runs, for the heading. */
+  detail: string;
+  /** The children's summed EXERCISED numbers as text. */
+  exercised(n: readonly number[]): string;
+}
+
+const canary = optText('--canary');
+const seedLanes: SeedLane[] = [
+  {
+    name: 'data-sim',
+    script: resolve(import.meta.dirname, 'data-sim.js'),
+    args: ['--ops', String(DATA_OPS), ...(canary !== undefined ? ['--canary', canary] : [])],
+    detail: `${DATA_OPS} ops each`,
+    exercised: ([eio = 0, failedIoEnds = 0, enomem = 0, failedConv = 0, conv = 0]) =>
+      `${eio} EIO bios, ${failedIoEnds} FAILED io_ends, ${enomem} ENOMEM hits, ${failedConv} failed conversions, ${conv} conversions`,
+  },
+  {
+    name: 'crash',
+    script: resolve(import.meta.dirname, 'crash-sim.js'),
+    args: [],
+    detail: 'a power cut and e2fsck each',
+    exercised: ([crashes = 0, eio = 0, enomem = 0, enospc = 0, async = 0, unwritten = 0, conv = 0, claimed = 0]) =>
+      `${crashes} power cuts inside a run, ${eio} EIO bios, ${enomem} ENOMEM hits, ${enospc} ENOSPC, ` +
+      `${async} async requests (${unwritten} on the unwritten path), ${conv} conversions, ${claimed} fsynced bytes checked`,
+  },
+];
+
+/** What one child reported. */
 interface ChildResult { run: number; failed: number; crashed: string | undefined }
 
 /**
- * Runs seeds first+k, first+k+jobs, … in one child (data-sim.js's command line), echoing each
+ * Runs seeds first+k, first+k+jobs, … in one child (the lane's command line), echoing each
  * failure report as it arrives.
  */
-function runDataChild(k: number, count: number, onProgress: (n: number) => void, exercised: number[]): Promise<ChildResult> {
+function runSeedChild(lane: SeedLane, k: number, count: number, onProgress: (n: number) => void, exercised: number[]): Promise<ChildResult> {
   return new Promise((done) => {
-    const canary = optText('--canary');
-    const childArgs = [DATA_SIM, '--first', String(FIRST_SEED + k), '--count', String(count), '--stride', String(JOBS), '--ops', String(DATA_OPS)];
-    if (canary !== undefined) childArgs.push('--canary', canary);
+    const childArgs = [lane.script, '--first', String(FIRST_SEED + k), '--count', String(count), '--stride', String(JOBS), ...lane.args];
     const child = spawn(process.execPath, childArgs, { stdio: ['ignore', 'pipe', 'pipe'] });
     let buf = '';
     let report: string[] | undefined;
@@ -117,23 +156,24 @@ function runDataChild(k: number, count: number, onProgress: (n: number) => void,
   });
 }
 
-/** The data-sim lane: DATA_SEEDS seeds over JOBS children; true when no seed failed. */
-async function runDataLane(): Promise<boolean> {
+/** A seeded lane: SEEDS seeds over JOBS children; true when every seed ran and none failed. */
+async function runSeedLane(lane: SeedLane): Promise<boolean> {
   const t0 = performance.now();
-  const jobs = Math.min(JOBS, DATA_SEEDS);
-  process.stdout.write(`data-sim: seeds ${FIRST_SEED}–${FIRST_SEED + DATA_SEEDS - 1}, ${DATA_OPS} ops each, ${jobs} processes\n`);
+  const jobs = Math.min(JOBS, SEEDS);
+  const name = lane.name;
+  process.stdout.write(`${name}: seeds ${FIRST_SEED}–${FIRST_SEED + SEEDS - 1}, ${lane.detail}, ${jobs} processes\n`);
   let done = 0;
-  let nextReport = Math.max(100, Math.ceil(DATA_SEEDS / 10));
+  let nextReport = Math.max(100, Math.ceil(SEEDS / 10));
   const exercised: number[] = [];
   const progress = (n: number): void => {
     done += n;
-    if (done >= nextReport && done < DATA_SEEDS) {
-      process.stdout.write(`data-sim: ${done}/${DATA_SEEDS} seeds (${((performance.now() - t0) / 1000).toFixed(0)} s)\n`);
-      nextReport += Math.max(100, Math.ceil(DATA_SEEDS / 10));
+    if (done >= nextReport && done < SEEDS) {
+      process.stdout.write(`${name}: ${done}/${SEEDS} seeds (${((performance.now() - t0) / 1000).toFixed(0)} s)\n`);
+      nextReport += Math.max(100, Math.ceil(SEEDS / 10));
     }
   };
   const children: Promise<ChildResult>[] = [];
-  for (let k = 0; k < jobs; k++) children.push(runDataChild(k, Math.ceil((DATA_SEEDS - k) / jobs), progress, exercised));
+  for (let k = 0; k < jobs; k++) children.push(runSeedChild(lane, k, Math.ceil((SEEDS - k) / jobs), progress, exercised));
   const results = await Promise.all(children);
   let run = 0;
   let failed = 0;
@@ -142,15 +182,13 @@ async function runDataLane(): Promise<boolean> {
     failed += r.failed;
     if (r.crashed !== undefined) {
       failed++;
-      process.stdout.write(`FAIL data-sim ${r.crashed}\n`);
+      process.stdout.write(`FAIL ${name} ${r.crashed}\n`);
     }
   }
-  const [eio = 0, failedIoEnds = 0, enomem = 0, failedConv = 0, conv = 0] = exercised;
-  process.stdout.write(`data-sim: exercised ${eio} EIO bios, ${failedIoEnds} FAILED io_ends, ${enomem} ENOMEM hits, ` +
-    `${failedConv} failed conversions, ${conv} conversions\n`);
-  process.stdout.write(`data-sim: ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
-  process.stdout.write(`data-sim: ${run} seeds run, ${failed} failures\n`);
-  return failed === 0 && run === DATA_SEEDS;
+  process.stdout.write(`${name}: exercised ${lane.exercised(exercised)}\n`);
+  process.stdout.write(`${name}: ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+  process.stdout.write(`${name}: ${run} seeds run, ${failed} failures\n`);
+  return failed === 0 && run === SEEDS;
 }
 
 async function main(): Promise<void> {
@@ -161,11 +199,13 @@ async function main(): Promise<void> {
     ran++;
     if (!runTestLane(lane)) failedLanes++;
   }
-  if (ONLY === undefined || 'data-sim'.includes(ONLY)) {
+  for (const lane of seedLanes) {
+    if (ONLY !== undefined && !lane.name.includes(ONLY)) continue;
     ran++;
-    if (!(await runDataLane())) failedLanes++;
+    if (!(await runSeedLane(lane))) failedLanes++;
   }
-  process.stdout.write(`${ran - failedLanes}/${ran} lanes passed\n`);
+  // A single lane's own summary stays the last line.
+  if (ran !== 1) process.stdout.write(`${ran - failedLanes}/${ran} lanes passed\n`);
   process.exitCode = failedLanes === 0 ? 0 : 1;
 }
 

@@ -628,6 +628,8 @@ export class ExtentTree {
     addInodeBlocks(this.s, this.inode, 1);
     this.inodeDirty = true;
     const buf = this.s.cache.getblk(blk);
+    // Written before the node that will point at it (BufferCache.sync).
+    buf.fresh = true;
     const node = new ExtentNode(buf.data);
     node.init(this.blockMax, depth);
     return { node, buf };
