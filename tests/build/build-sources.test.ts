@@ -10,7 +10,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync, existsSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { build } from '../../src/index.js';
@@ -91,9 +91,12 @@ test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-
     return;
   }
   spawnSync('setfattr', ['-n', 'user.text', '-v', 'hello', join(root, 'bin')]);
+  // Fixed times with atime == mtime: whether GNU tar records the atime (it may, in a PAX
+  // header) or not (the builder then uses the mtime), the image must show these. Left to the
+  // clock, /bin's atime is its mkdir time and its mtime a tick later when that tick passes.
+  for (const [i, p] of ['', 'bin', 'bin/tool'].entries()) utimesSync(join(root, p), 1_700_000_000 + i, 1_700_000_000 + i);
   const expected: Expect[] = expectFromHost(root, hostSpec);
-  // Without --atime-preserve GNU tar records no atime; the builder then uses the mtime.
-  for (const x of expected) x.atime = x.mtime;
+  for (const x of expected) assert.equal(x.atime, x.mtime, `${x.path}: atime set equal to mtime`);
   expected[1]!.xattrs = { 'user.text': Buffer.from('hello').toString('hex') };
   expected[2]!.xattrs = { 'user.bin': 'ff00fe80c3' };
   const tarPath = join(work, 'gnu.tar');

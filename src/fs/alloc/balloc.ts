@@ -142,6 +142,12 @@ export class Balloc implements BlockAllocator {
   private readonly largestLen: Int32Array;
   /** Per group: the bit where that run starts. */
   private readonly largestStart: Int32Array;
+  /**
+   * Per group: every bit below this one is in use, so searches start here instead of walking the
+   * allocated front of the group again for each new file (a file's goal is its flex group's
+   * first data block). Raised lazily by a search, lowered by a free.
+   */
+  private readonly firstFree: Int32Array;
   private zone: SystemZone | undefined;
   /** Data goal per flex group leader (goalForInode). */
   private readonly flexGoals = new Map<number, number>();
@@ -154,6 +160,15 @@ export class Balloc implements BlockAllocator {
     this.uninitFlags = hasGroupDescCsum(s);
     this.largestLen = new Int32Array(s.groupCount).fill(-1);
     this.largestStart = new Int32Array(s.groupCount);
+    this.firstFree = new Int32Array(s.groupCount);
+  }
+
+  /** The first bit of group `g` that may be free (see firstFree), moved past the used ones. */
+  private firstFreeOf(g: number, data: Uint8Array, n: number): number {
+    // OK to index: g < groupCount.
+    const h = bm.findNextZero(data, this.firstFree[g]!, n);
+    this.firstFree[g] = h;
+    return h;
   }
 
   /**
@@ -395,6 +410,8 @@ export class Balloc implements BlockAllocator {
     const free = gd.freeBlocksCount + len;
     assert(free <= blocksInGroup(this.s, g), () => `group ${g}: free count ${free} past the group size`);
     bm.clearBits(buf.data, start, start + len);
+    // OK to index: g < groupCount.
+    if (start < this.firstFree[g]!) this.firstFree[g] = start;
     gd.freeBlocksCount = free;
     this.bitmapChanged(g, buf);
   }
@@ -457,7 +474,7 @@ export class Balloc implements BlockAllocator {
       if (atGoal >= want) return { group: g0, start: off0, len: want };
       if (takeGoalRun && atGoal >= minLen) return { group: g0, start: off0, len: atGoal };
       consider(g0, { start: off0, len: atGoal });
-      const after = bm.findZeroRun(data, off0, n, want);
+      const after = bm.findZeroRun(data, Math.max(off0, this.firstFreeOf(g0, data, n)), n, want);
       if (after.found) return { group: g0, start: after.start, len: want };
       const whole = this.scanGroup(g0, data, want);
       if (whole.found) return { group: g0, start: whole.start, len: want };
@@ -488,7 +505,8 @@ export class Balloc implements BlockAllocator {
    * result is the group's longest run, which is cached until the group changes.
    */
   private scanGroup(g: number, data: Uint8Array, want: number): bm.ZeroRun & { found: boolean } {
-    const r = bm.findZeroRun(data, 0, blocksInGroup(this.s, g), want);
+    const n = blocksInGroup(this.s, g);
+    const r = bm.findZeroRun(data, this.firstFreeOf(g, data, n), n, want);
     if (!r.found) {
       this.largestLen[g] = r.len;
       this.largestStart[g] = r.start;
