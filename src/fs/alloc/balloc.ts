@@ -212,10 +212,22 @@ export class Balloc implements BlockAllocator {
           throw new Corrupt('block bitmap', `freeing free block ${this.s.groupFirstBlock(seg.group) + z}`, { group: seg.group, block: this.s.group(seg.group).blockBitmap });
         }
       }
-      for (const f of this.pendingFrees) {
-        if (pblk < f.pblk + f.len && f.pblk < pblk + len) {
-          throw new Corrupt('block range', `${pblk}+${len} freed twice before a commit (overlaps ${f.pblk}+${f.len})`, { block: Math.max(pblk, f.pblk) });
+      const segs = this.segments(pblk, len);
+      for (const seg of segs) {
+        const bits = this.pendingBits.get(seg.group);
+        const twice = bits === undefined ? seg.start + seg.len : bm.findNextSet(bits, seg.start, seg.start + seg.len);
+        if (twice < seg.start + seg.len) {
+          const blk = this.s.groupFirstBlock(seg.group) + twice;
+          throw new Corrupt('block range', `${pblk}+${len} freed twice before a commit (block ${blk} is already pending)`, { block: blk });
         }
+      }
+      for (const seg of segs) {
+        let bits = this.pendingBits.get(seg.group);
+        if (bits === undefined) {
+          bits = new Uint8Array(Math.ceil(this.s.blocksPerGroup / 8));
+          this.pendingBits.set(seg.group, bits);
+        }
+        bm.setBits(bits, seg.start, seg.start + seg.len);
       }
       if (this.pendingFrees.length === 0) this.s.preCommitHooks.add(this.releaseHook);
       this.pendingFrees.push({ pblk, len });
@@ -226,12 +238,18 @@ export class Balloc implements BlockAllocator {
 
   /** Blocks freed since the last commit, released by it. */
   private pendingFrees: { pblk: number; len: number }[] = [];
+  /**
+   * The same blocks as a bitmap per group, so that a double free is caught without a scan of
+   * every pending run (random direct writes free tree blocks by the thousand between commits).
+   */
+  private pendingBits = new Map<number, Uint8Array>();
   private pendingCount = 0;
   private readonly releaseHook = (): Promise<void> => this.exclusive(() => this.releasePending());
 
   private async releasePending(): Promise<void> {
     const list = this.pendingFrees;
     this.pendingFrees = [];
+    this.pendingBits = new Map();
     this.pendingCount = 0;
     this.s.preCommitHooks.delete(this.releaseHook); // an early release (ENOSPC) outside a commit
     for (const f of list) await this.freeLocked(f.pblk, f.len);
