@@ -53,6 +53,9 @@ export type OpenFlags = 'r' | 'r+' | 'w' | 'w+' | 'wx' | 'wx+' | 'a' | 'a+' | 'a
 export interface FileOpenOptions {
   /** Mode of a file the open creates (default 0644). */
   mode?: number;
+  /** Owner of a file the open creates (default the mount's owner). */
+  uid?: number;
+  gid?: number;
   /**
    * O_DIRECT: reads and writes bypass the page cache (offsets, lengths and buffers aligned to the
    * block size, else EINVAL) and the handle offers `aio()` contexts. Read-write mounts only.
@@ -343,23 +346,20 @@ export class Ext4 {
       const info = await resolvePath(this.sup, path, true, 'open');
       return new FileHandle(this, info, f);
     }
-    let info: InodeInfo | undefined;
+    // One queued operation: the lookup, the creation and the pin see the same namespace (no other
+    // operation can create or unlink the name in between), with one path walk on a hit or a miss.
+    const { info: live, created } = await w.run(async () => {
+      const r = f.create
+        ? await w.ns.openCreate(path, opts.mode ?? 0o644, { uid: opts.uid ?? w.owner.uid, gid: opts.gid ?? w.owner.gid }, f.excl)
+        : { info: await w.ns.inode(path, true, 'open'), created: false };
+      if (r.info.type === 'dir' && f.write) throw new PosixError('EISDIR', 'open', path);
+      w.ns.pin(r.info.ino);
+      return r;
+    });
+    const ino = live.ino;
     try {
-      info = await resolvePath(this.sup, path, true, 'open');
-    } catch (e) {
-      if (!(e instanceof PosixError) || e.code !== 'ENOENT' || !f.create) throw e;
-    }
-    if (info !== undefined && f.create && f.excl) throw new PosixError('EEXIST', 'open', path);
-    if (info === undefined) {
-      await w.mknod(path, { mode: opts.mode ?? 0o644 });
-      info = await resolvePath(this.sup, path, true, 'open');
-    }
-    if (info.type === 'dir' && f.write) throw new PosixError('EISDIR', 'open', path);
-    const ino = info.ino;
-    await w.run(async () => w.ns.pin(ino));
-    try {
-      const live = info.type === 'file' ? await w.run(() => iget(this.sup, ino)) : info;
-      if (f.trunc && live.type === 'file') await this.truncateInfo(live, 0);
+      // O_TRUNC of a file this open just made has nothing to cut.
+      if (f.trunc && !created && live.type === 'file') await this.truncateInfo(live, 0);
       let direct: DirectFile | undefined;
       if (opts.direct === true) {
         if (live.type !== 'file' || this.dio === undefined) throw new PosixError('EINVAL', 'open', path, 'O_DIRECT needs a regular file');

@@ -8,12 +8,13 @@
  * 1. Scan the source (one cheap pass: metadata only) into entries in creation order.
  * 2. Size the image if no size was given (plan.ts), make the filesystem into a temporary file
  *    next to IMAGE and check that the content fits before writing any of it.
- * 3. Create every inode in sorted path order (parents first): directory insertion order, inode
- *    numbers and so the image depend only on the content. Owners and modes go in at creation;
- *    xattrs right after. Inodes that get no content get their times now.
- * 4. Write file content in a fixed order (sorted for directories, manifests and plain tars;
- *    archive order for a compressed tar's second pass), reading ahead of the writes; then the
- *    file's times, since writing moves mtime.
+ * 3. Create every entry in sorted path order (parents first): directory insertion order, inode
+ *    numbers and block placement, and so the image, depend only on the content. Owners and modes
+ *    go in at creation, xattrs right after. A file with content is created by its open, written
+ *    (its content read ahead of it), given its times and closed in the same step: writing moves
+ *    mtime, and one path walk serves it all. Entries with no content get their times at once.
+ * 4. A compressed tar's members that its first pass could not keep in memory are created empty
+ *    in step 3 and written by a second pass, in archive order.
  * 5. Directories' times last: creating children moved them.
  * 6. close() writes everything back; the temporary file is renamed to IMAGE. On any failure the
  *    temporary file is removed, so no half-built image is ever left under IMAGE's name.
@@ -34,6 +35,7 @@ import { mkfs, type MkfsOptions, type MkfsResult } from '../api/mkfs.js';
 import { fixedClock, systemClock, clockFromSourceDateEpoch, type Clock } from '../runtime/clock.js';
 import { seededRandom } from '../runtime/random.js';
 import { PosixError } from '../util/errors.js';
+import { assert } from '../util/assert.js';
 import { compareTimes, type BuildEntry, type Chunk, type Source, type Timespec } from './source.js';
 import { readAhead, contentLength, isLargeFile } from './content.js';
 import { contentNeed, planSize, type ContentNeed } from './plan.js';
@@ -81,7 +83,11 @@ export interface BuildOptions {
   mount?: Pick<OpenOptions, 'pageSizeBytes' | 'dirtyLimitBytes' | 'cacheLimitBytes' | 'maxBioVecs'> | undefined;
 }
 
-export type BuildPhase = 'scan' | 'mkfs' | 'create' | 'data' | 'times' | 'flush' | 'done';
+/**
+ * `write`: every entry is created, and file content written, in one pass; `stream`: a compressed
+ * tar's members that did not fit in memory, from a second pass over the archive.
+ */
+export type BuildPhase = 'scan' | 'mkfs' | 'write' | 'stream' | 'times' | 'flush' | 'done';
 
 export interface BuildProgress {
   phase: BuildPhase;
@@ -175,7 +181,7 @@ class Builder {
     const entries = source.entries;
     this.mapOwners(entries);
     const reproducible = this.setClock(entries);
-    const files = entries.filter((e) => e.kind === 'file' && contentLength(e) > 0);
+    const files = entries.filter(hasContent);
     this.progress.entriesTotal = entries.length;
     this.progress.filesTotal = files.length;
     this.progress.bytesTotal = files.reduce((n, e) => n + contentLength(e), 0);
@@ -187,8 +193,7 @@ class Builder {
         ...o.mount, readOnly: false, clock: this.clock,
       });
       this.fs = fs;
-      await this.createAll(fs, entries);
-      await this.writeAll(fs, source, files);
+      await this.writeTree(fs, source, entries);
       await this.dirTimes(fs, entries);
       this.report('flush');
       this.fs = undefined;
@@ -313,24 +318,51 @@ class Builder {
     }
   }
 
-  // ---- 3. inodes ---------------------------------------------------------------------------
+  // ---- 3 and 4. inodes and content ----------------------------------------------------------
 
-  /** Creates every entry in order (module comment, step 3). */
-  private async createAll(fs: Ext4, entries: readonly BuildEntry[]): Promise<void> {
-    this.report('create');
+  /**
+   * Creates every entry in order (module comment, steps 3 and 4): a file with content is created,
+   * written and closed in one go (one path walk, its content read ahead of it); a compressed
+   * tar's members that the first pass did not keep are created empty and written afterwards.
+   */
+  private async writeTree(fs: Ext4, source: Source, entries: readonly BuildEntry[]): Promise<void> {
+    this.report('write');
+    const blockSize = fs.info().blockSize;
+    this.blockSize = blockSize;
     const lostFound = entries.some((e) => e.path === '/lost+found');
-    for (const e of entries) {
-      await withEntry(e, () => this.create(fs, e, lostFound));
-      this.progress.entriesDone++;
-      if ((this.progress.entriesDone & 255) === 0) this.report();
+    const streamed = new Map<number, BuildEntry>();
+    const direct = entries.filter((e) => hasContent(e) && e.content?.kind !== 'stream');
+    const contents = readAhead(direct, { blockSize, depth: this.opts.readAheadFiles ?? 8 });
+    try {
+      for (const e of entries) {
+        // mkfs made a lost+found directory; a source that has something else there replaces it.
+        if (e.path === '/lost+found' && e.kind !== 'dir') await fs.rmdir('/lost+found');
+        if (hasContent(e) && e.content?.kind !== 'stream') {
+          const r = await contents.next();
+          // OK to assert: readAhead hands out `direct` in order, and `direct` is `entries` filtered.
+          assert(r.done !== true && r.value.entry === e, () => `build: content out of order at ${e.path}`);
+          await withEntry(e, () => this.writeContent(fs, e, r.value.chunks, true));
+        } else {
+          if (e.kind === 'file' && e.content?.kind === 'stream') streamed.set(e.content.member, e);
+          await withEntry(e, () => this.create(fs, e, lostFound));
+        }
+        this.progress.entriesDone++;
+        if ((this.progress.entriesDone & 255) === 0) this.report();
+      }
+    } finally {
+      await contents.return(undefined);
     }
     this.report();
+    if (streamed.size > 0) {
+      this.report('stream');
+      // OK to assert streamContents: only compressed tars make 'stream' content, and they have it.
+      await source.streamContents!(streamed, (entry, chunks) => withEntry(entry, () => this.writeContent(fs, entry, chunks, false)));
+    }
   }
 
+  /** An entry without content of its own (a file with content goes through writeContent). */
   private async create(fs: Ext4, e: BuildEntry, sourceHasLostFound: boolean): Promise<void> {
     const owner = { uid: e.uid, gid: e.gid };
-    // mkfs made a lost+found directory; a source that has something else there replaces it.
-    if (e.path === '/lost+found' && e.kind !== 'dir') await fs.rmdir('/lost+found');
     switch (e.kind) {
       case 'dir':
         if (e.path === '/' || (e.path === '/lost+found' && sourceHasLostFound)) await this.adoptDir(fs, e);
@@ -359,7 +391,7 @@ class Builder {
         break;
     }
     for (const x of e.xattrs) await fs.setxattr(e.path, x.name, x.value);
-    if (e.kind !== 'dir' && !(e.kind === 'file' && contentLength(e) > 0)) await this.setTimes(fs, e);
+    if (e.kind !== 'dir' && !hasContent(e)) await this.setTimes(fs, e);
   }
 
   /** The root (and a source's lost+found) exist already: give them the source's mode and owner. */
@@ -376,38 +408,18 @@ class Builder {
     await fs.utimes(e.path, e.atime ?? now, e.mtime ?? now, false);
   }
 
-  // ---- 4. content --------------------------------------------------------------------------
-
-  /** Writes every file's content (module comment, step 4). */
-  private async writeAll(fs: Ext4, source: Source, files: readonly BuildEntry[]): Promise<void> {
-    this.report('data');
-    const streamed = new Map<number, BuildEntry>();
-    const direct: BuildEntry[] = [];
-    for (const e of files) {
-      if (e.content?.kind === 'stream') streamed.set(e.content.member, e);
-      else direct.push(e);
-    }
-    const depth = this.opts.readAheadFiles ?? 8;
-    const blockSize = fs.info().blockSize;
-    this.blockSize = blockSize;
-    for await (const { entry, chunks } of readAhead(direct, { blockSize, depth })) {
-      await withEntry(entry, () => this.writeContent(fs, entry, chunks));
-    }
-    if (streamed.size > 0) {
-      // OK to assert streamContents: only compressed tars make 'stream' content, and they have it.
-      await source.streamContents!(streamed, (entry, chunks) => withEntry(entry, () => this.writeContent(fs, entry, chunks)));
-    }
-  }
-
   /**
-   * One file: its chunks at their positions, the size (a trailing hole), then its times. Large
-   * files go through direct I/O: their chunks are block multiples but the last, which is padded
-   * with zeros to a whole block and cut back by the final truncate (which, as ftruncate does,
-   * keeps the zeros past EOF in that block).
+   * One file with content: created by the open (`create`; else made empty earlier), its chunks
+   * at their positions, the size (a trailing hole), its xattrs, then its times, since writing
+   * moves mtime. Large files go through direct I/O: their chunks are block multiples but the
+   * last, which is padded with zeros to a whole block and cut back by the final truncate (which,
+   * as ftruncate does, keeps the zeros past EOF in that block).
    */
-  private async writeContent(fs: Ext4, e: BuildEntry, chunks: AsyncIterable<Chunk>): Promise<void> {
+  private async writeContent(fs: Ext4, e: BuildEntry, chunks: AsyncIterable<Chunk>, create: boolean): Promise<void> {
     const direct = isLargeFile(e);
-    const fh: FileHandle = await fs.open(e.path, 'r+', direct ? { direct: true } : {});
+    const fh: FileHandle = create
+      ? await fs.open(e.path, 'wx', { mode: e.perm, uid: e.uid, gid: e.gid, direct })
+      : await fs.open(e.path, 'r+', { direct });
     const bs = this.blockSize;
     try {
       let end = 0;
@@ -427,6 +439,7 @@ class Builder {
       }
       this.progress.bytesDone = before + contentLength(e);
       if (end < e.sizeBytes || (direct && end % bs !== 0)) await fh.truncate(e.sizeBytes);
+      if (create) for (const x of e.xattrs) await fs.setxattr(e.path, x.name, x.value);
       // futimens on the open file: no second path walk.
       if (e.atime !== undefined || e.mtime !== undefined) {
         const now = this.clock.now();
@@ -481,6 +494,11 @@ async function withEntry<T>(e: BuildEntry, fn: () => Promise<T>): Promise<T> {
     const hint = err.code === 'ENOSPC' ? '; the image is too small for the content (omit SIZE to size it automatically, or raise --margin)' : '';
     throw new PosixError(err.code, err.syscall, e.path, `${detail}${hint}; while adding ${e.origin}`);
   }
+}
+
+/** A regular file with content bytes to write (not one hole, not empty). */
+function hasContent(e: BuildEntry): boolean {
+  return e.kind === 'file' && contentLength(e) > 0;
 }
 
 function mib(bytes: number): string {

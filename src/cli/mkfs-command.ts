@@ -175,7 +175,8 @@ function progressBar(): { onProgress: (p: BuildProgress) => void; stop(): void }
   let phase = '';
   let dataStart = 0;
   const onProgress = (p: BuildProgress): void => {
-    const inData = p.phase === 'data';
+    // Content dominates the time: the bar follows bytes once writing starts (entries if no bytes).
+    const inData = (p.phase === 'write' || p.phase === 'stream') && p.bytesTotal > 0;
     const total = inData ? Math.max(1, p.bytesTotal) : Math.max(1, p.entriesTotal);
     const value = inData ? p.bytesDone : p.entriesDone;
     if (inData && dataStart === 0) dataStart = performance.now();

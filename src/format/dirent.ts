@@ -146,6 +146,9 @@ export function readDirEntry(area: Uint8Array, offset: number, blockSize: number
   return { ino: d.inode, recLen: recLenFromDisk(d.rec_len, blockSize), nameLen: d.name_len, fileType: d.file_type };
 }
 
+/** The least rec_len of any entry (a one-byte name). */
+const MIN_REC_LEN = 12;
+
 /**
  * __ext4_check_dir_entry(): checks the entry at `off` of an area of `area.length` bytes, in the
  * kernel's order, and returns its decoded header. Throws Corrupt naming the bad value. The
@@ -153,22 +156,35 @@ export function readDirEntry(area: Uint8Array, offset: number, blockSize: number
  * does not end the area, so a chain can only end exactly at the area's end.
  */
 export function checkDirEntry(area: Uint8Array, off: number, blockSize: number, ctx: DirParseCtx): DirEntryHeader {
+  checkedRecLen(area, off, blockSize, ctx);
+  return readDirEntry(area, off, blockSize);
+}
+
+/**
+ * checkDirEntry without decoding the header into an object: the entry's rec_len once every
+ * check passed. Directory adds re-check whole blocks through it, so it allocates nothing.
+ */
+export function checkedRecLen(area: Uint8Array, off: number, blockSize: number, ctx: DirParseCtx): number {
   const size = area.length;
-  const bad = (detail: string): never => {
-    throw new Corrupt('directory entry', detail, { block: ctx.blockNr, ino: ctx.ino, offset: off });
-  };
-  if (off + DIRENT_HEADER > size) bad(`header crosses the end of the block (${size - off} bytes left)`);
-  const h = readDirEntry(area, off, blockSize);
-  const minLen = dirEntryMinRecLen(1);
-  if (h.recLen < minLen) bad(`rec_len ${h.recLen} is smaller than minimal (${minLen})`);
-  if (h.recLen % 4 !== 0) bad(`rec_len ${h.recLen} % 4 != 0`);
-  if (h.recLen < dirEntryMinRecLen(h.nameLen)) bad(`rec_len ${h.recLen} is too small for name_len ${h.nameLen}`);
-  const next = off + h.recLen;
-  if (next > size) bad(`rec_len ${h.recLen} overruns the block (${size - off} bytes left)`);
-  if (next > size - minLen && next !== size) bad(`rec_len ${h.recLen} ends too close to the block end (${size - next} bytes left)`);
-  if (ctx.inodesCount !== undefined && h.ino > ctx.inodesCount) bad(`inode ${h.ino} out of bounds (s_inodes_count ${ctx.inodesCount})`);
-  if (h.ino !== 0 && h.nameLen === 0) bad(`live entry for inode ${h.ino} has name_len 0`);
-  return h;
+  if (off + DIRENT_HEADER > size) badDirEntry(ctx, off, `header crosses the end of the block (${size - off} bytes left)`);
+  // OK to index: the header lies inside the area (checked above).
+  const ino = (area[off]! | (area[off + 1]! << 8) | (area[off + 2]! << 16) | (area[off + 3]! << 24)) >>> 0;
+  const recLen = recLenFromDisk(area[off + 4]! | (area[off + 5]! << 8), blockSize);
+  const nameLen = area[off + 6]!;
+  const minLen = MIN_REC_LEN;
+  if (recLen < minLen) badDirEntry(ctx, off, `rec_len ${recLen} is smaller than minimal (${minLen})`);
+  if (recLen % 4 !== 0) badDirEntry(ctx, off, `rec_len ${recLen} % 4 != 0`);
+  if (recLen < dirEntryMinRecLen(nameLen)) badDirEntry(ctx, off, `rec_len ${recLen} is too small for name_len ${nameLen}`);
+  const next = off + recLen;
+  if (next > size) badDirEntry(ctx, off, `rec_len ${recLen} overruns the block (${size - off} bytes left)`);
+  if (next > size - minLen && next !== size) badDirEntry(ctx, off, `rec_len ${recLen} ends too close to the block end (${size - next} bytes left)`);
+  if (ctx.inodesCount !== undefined && ino > ctx.inodesCount) badDirEntry(ctx, off, `inode ${ino} out of bounds (s_inodes_count ${ctx.inodesCount})`);
+  if (ino !== 0 && nameLen === 0) badDirEntry(ctx, off, `live entry for inode ${ino} has name_len 0`);
+  return recLen;
+}
+
+function badDirEntry(ctx: DirParseCtx, off: number, detail: string): never {
+  throw new Corrupt('directory entry', detail, { block: ctx.blockNr, ino: ctx.ino, offset: off });
 }
 
 /**
@@ -199,7 +215,7 @@ export function parseDirArea(area: Uint8Array, ctx: DirParseCtx, blockSize = are
 /** parseDirArea's checks without collecting the entries (validating a block we just changed). */
 export function checkDirArea(area: Uint8Array, ctx: DirParseCtx, blockSize = area.length): void {
   // Each step advances by recLen >= 12 (checked).
-  for (let off = 0; off < area.length; ) off += checkDirEntry(area, off, blockSize, ctx).recLen;
+  for (let off = 0; off < area.length; ) off += checkedRecLen(area, off, blockSize, ctx);
 }
 
 /** Offset of the checksum tail in a block of `blockSize` bytes (EXT4_DIRENT_TAIL). */

@@ -16,7 +16,7 @@ import { decodeName } from '../util/bytes.js';
 import { newInode, evictInode, freeBlocksFrom, touch } from './inode/inode-life.js';
 import { orphanAdd, orphanDel } from './orphan.js';
 import { extentDirBlocks } from './dir/dir-blocks.js';
-import { dcacheNewDir } from './dir/dcache.js';
+import { dcacheGeneration, dcacheNewDir } from './dir/dcache.js';
 import {
   addEntry, removeEntry, replaceEntryIno, initDirBlock0, setDotDot, isEmptyDir, findEntry,
 } from './dir/dir-write.js';
@@ -85,6 +85,12 @@ export class Namespace {
     return iget(this.s, info.ino);
   }
 
+  /**
+   * The directory the last parent() resolved: creating many names in one directory (a build, an
+   * untar) walks its path once. Valid while the dcache generation holds (no name went away).
+   */
+  private lastParent: { path: string; ino: number; generation: number } | undefined;
+
   /** Resolves everything but the last component (which must be a plain name). */
   private async parent(path: string, syscall: string): Promise<Parent> {
     if (!path.startsWith('/')) throw new PosixError('EINVAL', syscall, path, 'path must be absolute inside the image');
@@ -92,8 +98,14 @@ export class Namespace {
     const name = comps.pop();
     if (name === undefined) throw new PosixError('EEXIST', syscall, path, 'the root directory');
     if (name.length > NAME_MAX) throw new PosixError('ENAMETOOLONG', syscall, path);
-    const dir = await this.inode(parentText(path), true, syscall);
+    const dirPath = parentText(path);
+    const gen = dcacheGeneration(this.s);
+    const memo = this.lastParent;
+    const dir = memo !== undefined && memo.path === dirPath && memo.generation === gen
+      ? await iget(this.s, memo.ino)
+      : await this.inode(dirPath, true, syscall);
     if (dir.type !== 'dir') throw new PosixError('ENOTDIR', syscall, path);
+    this.lastParent = { path: dirPath, ino: dir.ino, generation: gen };
     return { dir, name };
   }
 
@@ -193,6 +205,24 @@ export class Namespace {
   async mknod(path: string, node: NodeSpec, perm: number, owner: Owner): Promise<InodeInfo> {
     const p = await this.parent(path, 'open');
     if (await this.find(p)) throw new PosixError('EEXIST', 'open', path);
+    return this.createNode(p, path, node, perm, owner);
+  }
+
+  /**
+   * open with O_CREAT: the inode `path` names (a symlink in the last place followed) or, when the
+   * name is free, a new empty regular file (`created`); one walk to the parent either way, and
+   * no error object made for the miss. `excl` (O_EXCL): an existing name is EEXIST.
+   */
+  async openCreate(path: string, perm: number, owner: Owner, excl: boolean): Promise<{ info: InodeInfo; created: boolean }> {
+    const p = await this.parent(path, 'open');
+    if (await this.find(p)) {
+      if (excl) throw new PosixError('EEXIST', 'open', path);
+      return { info: await this.inode(path, true, 'open'), created: false };
+    }
+    return { info: await this.createNode(p, path, { type: 'file' }, perm, owner), created: true };
+  }
+
+  private async createNode(p: Parent, path: string, node: NodeSpec, perm: number, owner: Owner): Promise<InodeInfo> {
     this.checkWritable(p.dir, 'open', path);
     const s = this.s;
     const info = await newInode(s, {

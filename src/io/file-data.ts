@@ -183,6 +183,11 @@ export class FileData {
   nrPages = 0;
   /** Pages with PG_dirty (global_node_page_state(NR_FILE_DIRTY)). */
   nrDirty = 0;
+  /**
+   * Inodes that dirtied a page, in the order they first did (entries whose pages are all clean
+   * again are dropped lazily by balanceDirtyPages and dropInodeData).
+   */
+  private readonly dirtyInodes = new Set<InodeData>();
   /** Pages under writeback that a bio completion will end (NR_WRITEBACK). */
   nrWriteback = 0;
   /** Page memory, recycled. */
@@ -220,9 +225,10 @@ export class FileData {
     this.pool.release(page.data);
   }
 
-  /** Marks `page` dirty, counting it once. */
-  private dirtyPage(page: Page): void {
+  /** Marks `page` of `d` dirty, counting it once. */
+  private dirtyPage(d: InodeData, page: Page): void {
     if (page.markDirty()) this.nrDirty++;
+    this.dirtyInodes.add(d);
   }
 
   /** Forgets the whole page cache of `d` (its pages are garbage from now on). */
@@ -235,6 +241,7 @@ export class FileData {
     this.nrDirty -= d.mapping.dirtyPages().length;
     assert(this.nrPages >= 0 && this.nrDirty >= 0, () => `inode ${d.info.ino}: page counts below zero`);
     this.inodes.delete(d.info.ino);
+    this.dirtyInodes.delete(d);
     irelease(this.s, d.info.ino);
   }
 
@@ -367,7 +374,7 @@ export class FileData {
           BH.setUninit(bh);
         }
       }
-      this.dirtyPage(page);
+      this.dirtyPage(d, page);
     }
     if (end > d.sizeBytes) d.sizeBytes = end;
   }
@@ -381,15 +388,19 @@ export class FileData {
     const ps = this.pageSizeBytes;
     const limitPages = Math.floor(this.dirtyLimitBytes / ps);
     if (this.nrDirty > limitPages / 2) {
-      for (const d of [...this.inodes.values()]) {
+      // Only inodes that have dirtied pages, oldest first (the kernel's b_dirty list): a scan of
+      // every cached inode per write made writing many small files quadratic.
+      for (const d of this.dirtyInodes) {
         if (this.nrDirty <= limitPages / 4) break;
-        if (d.mapping.dirtyPages(0, 1).length === 0) continue;
-        try {
-          await this.writepagesOf(d);
-        } catch (e) {
-          // balance_dirty_pages never fails a write: the pages stay dirty for a later pass.
-          if (!(e instanceof PosixError && e.code === 'ENOMEM')) throw e;
+        if (d.mapping.dirtyPages(0, 1).length > 0) {
+          try {
+            await this.writepagesOf(d);
+          } catch (e) {
+            // balance_dirty_pages never fails a write: the pages stay dirty for a later pass.
+            if (!(e instanceof PosixError && e.code === 'ENOMEM')) throw e;
+          }
         }
+        if (d.mapping.dirtyPages(0, 1).length === 0) this.dirtyInodes.delete(d);
       }
     }
     while (this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0) {
@@ -407,7 +418,8 @@ export class FileData {
     const limitPages = Math.floor(this.cacheLimitBytes / ps);
     if (this.nrPages <= limitPages) return;
     const target = Math.floor(limitPages * 0.75);
-    for (const d of [...this.inodes.values()]) {
+    // Map iteration tolerates the deletions below (dropInodeData): no copy of every inode.
+    for (const d of this.inodes.values()) {
       if (this.nrPages <= target) break;
       for (const page of d.mapping.pagesInOrder()) {
         if (this.nrPages <= target) break;
@@ -731,7 +743,10 @@ export class FileData {
           return true;
         },
       });
-      if (r.failed) this.nrDirty++;
+      if (r.failed) {
+        this.nrDirty++;
+        this.dirtyInodes.add(d);
+      }
       if (PG.testWriteback(page)) this.nrWriteback++;
       if (r.nrSubmitted > 0) this.stats.pagesWritten++;
     }

@@ -212,7 +212,7 @@ test('build: a source that fails half way (a file shrank) leaves no image and no
   writeFileSync(join(dir, 'm.json'), JSON.stringify([{ path: '/a', type: 'dir' }, { path: '/a/blob', type: 'file', source: 'blob' }]));
   let shrunk = false;
   const onProgress = (p: BuildProgress): void => {
-    if (p.phase === 'create' && !shrunk) {
+    if (p.phase === 'write' && !shrunk) {
       shrunk = true;
       truncateSync(join(dir, 'blob'), 1000);
     }
@@ -286,7 +286,7 @@ test('build: progress reports advance through the phases to done, bytes never go
   const seen: BuildProgress[] = [];
   await build({ source: manifest, image: join(work, 'prog.img'), onProgress: (p) => seen.push(p) });
   const phases = [...new Set(seen.map((p) => p.phase))];
-  assert.deepEqual(phases, ['scan', 'mkfs', 'create', 'data', 'times', 'flush', 'done']);
+  assert.deepEqual(phases, ['scan', 'mkfs', 'write', 'times', 'flush', 'done']);
   const last = seen[seen.length - 1]!;
   assert.equal(last.bytesDone, last.bytesTotal);
   assert.equal(last.filesDone, last.filesTotal);

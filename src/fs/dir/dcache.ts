@@ -25,6 +25,12 @@ interface Dcache {
    */
   complete: Set<number>;
   size: number;
+  /**
+   * Bumped whenever a name goes away or names another inode (delete, retarget, a freed
+   * directory, the cache dropped): a path that resolved before resolves the same way while it
+   * holds (adding names cannot change a path that resolved), so callers may memoize on it.
+   */
+  generation: number;
 }
 
 const caches = new WeakMap<Ext4Super, Dcache>();
@@ -32,7 +38,7 @@ const caches = new WeakMap<Ext4Super, Dcache>();
 function cacheOf(s: Ext4Super): Dcache {
   let c = caches.get(s);
   if (c === undefined) {
-    c = { dirs: new Map(), complete: new Set(), size: 0 };
+    c = { dirs: new Map(), complete: new Set(), size: 0, generation: 0 };
     caches.set(s, c);
   }
   return c;
@@ -58,32 +64,42 @@ export function dcacheSet(s: Ext4Super, dirIno: number, name: Uint8Array, ino: n
     c.dirs.clear();
     c.complete.clear();
     c.size = 0;
+    c.generation++;
   }
   let d = c.dirs.get(dirIno);
   if (d === undefined) {
     d = new Map();
     c.dirs.set(dirIno, d);
   }
-  if (!d.has(k)) c.size++;
+  const old = d.get(k);
+  if (old === undefined) c.size++;
+  else if (old.ino !== ino) c.generation++;
   d.set(k, { ino, fileType });
 }
 
 export function dcacheDelete(s: Ext4Super, dirIno: number, name: Uint8Array): void {
   const k = keyOf(name);
-  const c = caches.get(s);
-  const d = c?.dirs.get(dirIno);
-  if (k === undefined || c === undefined || d === undefined) return;
+  const c = cacheOf(s);
+  c.generation++;
+  const d = c.dirs.get(dirIno);
+  if (k === undefined || d === undefined) return;
   if (d.delete(k)) c.size--;
 }
 
 /** A directory was freed: forget every name cached under it. */
 export function dcacheDropDir(s: Ext4Super, dirIno: number): void {
-  const c = caches.get(s);
-  c?.complete.delete(dirIno);
-  const d = c?.dirs.get(dirIno);
-  if (c === undefined || d === undefined) return;
+  const c = cacheOf(s);
+  c.generation++;
+  c.complete.delete(dirIno);
+  const d = c.dirs.get(dirIno);
+  if (d === undefined) return;
   c.size -= d.size;
   c.dirs.delete(dirIno);
+}
+
+/** See Dcache.generation. */
+export function dcacheGeneration(s: Ext4Super): number {
+  return cacheOf(s).generation;
 }
 
 /** A directory was just made (it holds only '.' and '..'): every later name will be cached. */

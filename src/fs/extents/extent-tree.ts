@@ -442,8 +442,10 @@ export class ExtentTree {
       // Growing or shrinking an extent in place cannot change e2fsck's verdict: skip the walk.
       if (this.reshaped) {
         await this.shrinkDepth();
-        if (this.deferRepack !== undefined) this.deferRepack();
-        else await this.maybeRepack();
+        // A tree all in i_block (depth 0) is never repacked: nothing to defer.
+        if (this.deferRepack !== undefined) {
+          if (new ExtentNode(this.inode.iBlock).depth > 0) this.deferRepack();
+        } else await this.maybeRepack();
       }
     } finally {
       try {
