@@ -223,3 +223,40 @@ test('Ext4.mkfs on a MemDevice, then namespace operations on it, image clean for
   assert.deepEqual((await ro.readdir('/a')).sort(), ['b', 'c']);
   await ro.close();
 });
+
+test('memoised parent lookups: creating in a directory after it was renamed, removed and remade, or replaced by a symlink, goes where a fresh walk goes', async () => {
+  const img = join(work, 'memo.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', img, '16M'], { stdio: 'pipe' });
+  const fs = await Ext4.open(img, { readOnly: false });
+  await fs.mkdir('/d');
+  await fs.writeFile('/d/one', 'x');
+  // Renamed away: the old path no longer names a directory; the new one gets the next file.
+  await fs.rename('/d', '/e');
+  await assert.rejects(fs.writeFile('/d/two', 'y'), (e: unknown) => e instanceof PosixError && e.code === 'ENOENT');
+  await fs.writeFile('/e/two', 'y');
+  // Removed and made again under the same name: a new inode, empty.
+  await fs.mkdir('/f');
+  await fs.writeFile('/f/a', 'a');
+  await fs.unlink('/f/a');
+  await fs.rmdir('/f');
+  await fs.mkdir('/g');
+  await fs.mkdir('/f');
+  await fs.writeFile('/f/b', 'b');
+  assert.deepEqual(await fs.readdir('/f'), ['b']);
+  assert.deepEqual(await fs.readdir('/g'), []);
+  // Replaced by a symlink to another directory: creation follows the link.
+  await fs.writeFile('/e/three', 'z');
+  await fs.rename('/e', '/h');
+  await fs.symlink('/g', '/e');
+  await fs.writeFile('/e/four', '4');
+  assert.deepEqual(await fs.readdir('/g'), ['four']);
+  assert.deepEqual((await fs.readdir('/h')).sort(), ['one', 'three', 'two']);
+  await fs.close();
+  assertClean(img);
+  const kern = kernelView(img, 'memo');
+  if (kern !== undefined) {
+    const ro = await Ext4.open(img);
+    assertSameView(kern, await describeExt4(ro));
+    await ro.close();
+  }
+});
