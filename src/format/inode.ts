@@ -174,20 +174,43 @@ export function inodeTime(ino: InodeView, which: TimeField, inodeSize: number): 
 
 /** Encodes a timestamp (inverse of inodeTime); the extra word is written only if it fits. */
 export function setInodeTime(ino: InodeView, which: TimeField, t: Timespec, inodeSize: number): void {
-  const [secF, extraF] = TIME_FIELDS[which];
+  const offs = TIME_OFFSETS[which];
+  const secOff = offs.sec;
+  const extraOff = offs.extra;
   // Clamp to what the record can hold, as the kernel does (EXT4_{EXTRA_,}TIMESTAMP_{MIN,MAX}).
-  const hasExtra = fitsInInode(ino, Inode.offsetOf(extraF) + 4, inodeSize);
+  const hasExtra = fitsInInode(ino, extraOff + 4, inodeSize);
   const max = hasExtra ? 0x7fff_ffff + 3 * 0x1_0000_0000 : 0x7fff_ffff;
-  if (t.sec < -0x8000_0000) t = { sec: -0x8000_0000, nsec: 0 };
-  else if (t.sec > max) t = { sec: max, nsec: 0 };
-  // The epoch bits count how many 2^32 spans the seconds are past the signed 32-bit range.
-  const epoch = Math.floor((t.sec + 0x8000_0000) / 0x1_0000_0000);
-  const lo = t.sec - epoch * 0x1_0000_0000;
-  if (which === 'crtime' && !fitsInInode(ino, Inode.offsetOf('i_crtime') + 4, inodeSize)) return;
-  ino[secF] = lo >>> 0;
-  if (fitsInInode(ino, Inode.offsetOf(extraF) + 4, inodeSize)) {
-    ino[extraF] = ((t.nsec << 2) | (epoch & 3)) >>> 0;
+  let sec = t.sec;
+  let nsec = t.nsec;
+  if (sec < -0x8000_0000) {
+    sec = -0x8000_0000;
+    nsec = 0;
+  } else if (sec > max) {
+    sec = max;
+    nsec = 0;
   }
+  // The epoch bits count how many 2^32 spans the seconds are past the signed 32-bit range.
+  const epoch = Math.floor((sec + 0x8000_0000) / 0x1_0000_0000);
+  const lo = sec - epoch * 0x1_0000_0000;
+  if (which === 'crtime' && !fitsInInode(ino, secOff + 4, inodeSize)) return;
+  // Stored byte by byte (a hot path: every create, write and utimes sets two or four times).
+  putLe32(ino.bytes, ino.base + secOff, lo >>> 0);
+  if (hasExtra) putLe32(ino.bytes, ino.base + extraOff, ((nsec << 2) | (epoch & 3)) >>> 0);
+}
+
+/** Byte offsets of each timestamp's seconds and extra words. */
+const TIME_OFFSETS: Record<TimeField, { sec: number; extra: number }> = {
+  atime: { sec: Inode.offsetOf('i_atime'), extra: Inode.offsetOf('i_atime_extra') },
+  mtime: { sec: Inode.offsetOf('i_mtime'), extra: Inode.offsetOf('i_mtime_extra') },
+  ctime: { sec: Inode.offsetOf('i_ctime'), extra: Inode.offsetOf('i_ctime_extra') },
+  crtime: { sec: Inode.offsetOf('i_crtime'), extra: Inode.offsetOf('i_crtime_extra') },
+};
+
+function putLe32(b: Uint8Array, o: number, v: number): void {
+  b[o] = v;
+  b[o + 1] = v >>> 8;
+  b[o + 2] = v >>> 16;
+  b[o + 3] = v >>> 24;
 }
 
 /** Scratch for le32 (crc32cRaw consumes it before the next call). */
