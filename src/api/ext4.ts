@@ -44,6 +44,12 @@ export interface OpenOptions extends MountOptions {
   dirtyLimitBytes?: number;
   /** Page-cache bytes kept before clean pages are evicted (default 64 MiB). */
   cacheLimitBytes?: number;
+  /**
+   * Dirty metadata (inode tables, directories, bitmaps, tree blocks) past which the end of an
+   * operation commits (default 32 MiB): memory stays bounded however many changes are made
+   * between syncs. A failure of such a commit is reported by the next sync() or close().
+   */
+  metadataDirtyLimitBytes?: number;
 }
 
 /** node:fs open flags. */
@@ -163,7 +169,7 @@ export class Ext4 {
       const journal = await journalOf(sup, opts.noRecovery ?? false);
       let wops: WriteOps | undefined;
       if (!sup.readOnly) {
-        wops = new WriteOps(sup, opts.owner ?? { uid: 0, gid: 0 });
+        wops = new WriteOps(sup, opts.owner ?? { uid: 0, gid: 0 }, opts.metadataDirtyLimitBytes);
         await wops.mountRw();
       }
       let data: FileData | undefined;
@@ -547,6 +553,8 @@ export class Ext4 {
           await this.sup.close();
         }
       });
+      const commitError = this.wops.takeCommitError();
+      if (commitError !== undefined) throw commitError;
       // Write errors no fsync or close of a file reported: once, here (like AS_EIO at unmount).
       if (lost.length > 0) throw new PosixError('EIO', 'close', undefined, `write error on inode(s) ${lost.map((l) => l.ino).join(', ')}`);
     } else await this.sup.close();

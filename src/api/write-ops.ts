@@ -30,13 +30,27 @@ export function toTimespec(t: TimeArg): Timespec {
   return t;
 }
 
+/** OpenOptions.metadataDirtyLimitBytes's default. */
+export const DEFAULT_METADATA_DIRTY_BYTES = 32 << 20;
+
 export class WriteOps {
   readonly ns: Namespace;
   private tail: Promise<unknown> = Promise.resolve();
   /** Owner of new inodes unless an operation says otherwise. */
   owner: Owner;
 
-  constructor(readonly s: Ext4Super, owner: Owner) {
+  /**
+   * A commit that an operation's end started (dirty metadata over the limit) and that failed:
+   * reported once, by the next sync() or close() (errseq-like: nobody waited for that commit).
+   */
+  private commitError: unknown;
+
+  constructor(
+    readonly s: Ext4Super,
+    owner: Owner,
+    /** Dirty metadata bytes past which the end of an operation commits (see OpenOptions). */
+    private readonly metadataDirtyLimitBytes = DEFAULT_METADATA_DIRTY_BYTES,
+  ) {
     this.ns = new Namespace(s);
     this.owner = owner;
   }
@@ -49,8 +63,31 @@ export class WriteOps {
   /** Runs `fn` after every earlier operation, one at a time. */
   run<T>(fn: () => Promise<T>): Promise<T> {
     const p = this.tail.then(fn, fn);
-    this.tail = p.then(() => itrim(this.s), () => itrim(this.s));
+    this.tail = p.then(() => this.afterOp(), () => this.afterOp());
     return p;
+  }
+
+  /**
+   * Between operations: trim the inode cache, and commit once dirty metadata passes the limit
+   * (the way jbd2 closes a transaction that grew too big), so that a long run of changes (a
+   * build of a million files) keeps bounded memory instead of holding every changed block until
+   * the next sync.
+   */
+  private async afterOp(): Promise<void> {
+    itrim(this.s);
+    if (this.s.cache.dirtyCount * this.s.blockSize <= this.metadataDirtyLimitBytes) return;
+    try {
+      await this.s.commit();
+    } catch (e) {
+      this.commitError ??= e;
+    }
+  }
+
+  /** The failure of a commit afterOp started, once (see commitError). */
+  takeCommitError(): unknown {
+    const e = this.commitError;
+    this.commitError = undefined;
+    return e;
   }
 
   async mkdir(path: string, opts: { mode?: number; recursive?: boolean; uid?: number; gid?: number } = {}): Promise<string | undefined> {
@@ -171,7 +208,11 @@ export class WriteOps {
 
   /** Writes every change to the device (sync_fs). */
   async sync(): Promise<void> {
-    await this.run(() => this.s.commit());
+    await this.run(async () => {
+      await this.s.commit();
+      const e = this.takeCommitError();
+      if (e !== undefined) throw e;
+    });
   }
 }
 

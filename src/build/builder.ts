@@ -80,7 +80,7 @@ export interface BuildOptions {
    * 16 KiB pages (a 20,000-file tree built ~10% faster than with 4 KiB pages), a 16 MiB dirty
    * limit and a 32 MiB cache.
    */
-  mount?: Pick<OpenOptions, 'pageSizeBytes' | 'dirtyLimitBytes' | 'cacheLimitBytes' | 'maxBioVecs'> | undefined;
+  mount?: Pick<OpenOptions, 'pageSizeBytes' | 'dirtyLimitBytes' | 'cacheLimitBytes' | 'maxBioVecs' | 'metadataDirtyLimitBytes' | 'cacheBlocks'> | undefined;
 }
 
 /**
@@ -139,6 +139,12 @@ const BUILD_PAGE_BYTES = 16384;
  */
 const BUILD_DIRTY_BYTES = 16 << 20;
 const BUILD_CACHE_BYTES = 32 << 20;
+/**
+ * Metadata limits of the build's mount: commit every 8 MiB of changed metadata blocks and keep
+ * 2,048 clean ones, so the build's memory does not grow with the number of files.
+ */
+const BUILD_METADATA_DIRTY_BYTES = 8 << 20;
+const BUILD_METADATA_CACHE_BLOCKS = 2048;
 
 /** Makes IMAGE from SOURCE (see the module comment). */
 export async function build(opts: BuildOptions): Promise<BuildSummary> {
@@ -190,7 +196,11 @@ class Builder {
       const made = await this.makeFilesystem(entries, reproducible);
       const fs = await Ext4.open(this.tmp, {
         pageSizeBytes: BUILD_PAGE_BYTES, dirtyLimitBytes: BUILD_DIRTY_BYTES, cacheLimitBytes: BUILD_CACHE_BYTES,
+        metadataDirtyLimitBytes: BUILD_METADATA_DIRTY_BYTES, cacheBlocks: BUILD_METADATA_CACHE_BLOCKS,
         ...o.mount, readOnly: false, clock: this.clock,
+        // The image is a temporary file, removed if the build fails: commits need no cache
+        // flush, and close flushes once.
+        barrier: false,
       });
       this.fs = fs;
       await this.writeTree(fs, source, entries);

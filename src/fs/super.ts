@@ -3,6 +3,7 @@
  * superblock, the group descriptors, checksum configuration and feature switches, and the
  * metadata buffer cache. Every later read starts here; nothing above re-reads the superblock.
  */
+import { NoBarrierDevice } from '../blockdev/no-barrier-device.js';
 import type { BlockDevice } from '../blockdev/block-device.js';
 import { BufferCache } from '../cache/buffer-cache.js';
 import {
@@ -28,6 +29,12 @@ export interface MountOptions {
   noRecovery?: boolean;
   /** Metadata cache capacity in blocks. */
   cacheBlocks?: number;
+  /**
+   * false: no cache flush at commits, one at close (the kernel's `nobarrier`; see
+   * blockdev/no-barrier-device.ts). Crash consistency is given up until close returns.
+   * Default true.
+   */
+  barrier?: boolean;
   /** Source of every timestamp written (default: the system clock). */
   clock?: Clock;
 }
@@ -114,7 +121,8 @@ export class Ext4Super {
    * Reads and validates the superblock and every group descriptor (the kernel's
    * ext4_fill_super + ext4_check_descriptors). Throws Corrupt, BadCrc, Incompatible, IoError.
    */
-  static async mount(dev: BlockDevice, opts: MountOptions = {}): Promise<Ext4Super> {
+  static async mount(device: BlockDevice, opts: MountOptions = {}): Promise<Ext4Super> {
+    const dev = opts.barrier === false && !device.readOnly && opts.readOnly !== true ? new NoBarrierDevice(device) : device;
     if (dev.sizeBytes < SUPERBLOCK_OFFSET + SUPERBLOCK_SIZE) {
       throw new Corrupt('superblock', `device of ${dev.sizeBytes} bytes is too small to hold one`);
     }

@@ -1,0 +1,120 @@
+/**
+ * Commit policy of a read-write mount: metadataDirtyLimitBytes makes the end of an operation
+ * commit once dirty metadata passes it (bounded memory between syncs), and `barrier: false`
+ * (nobarrier) drops the cache flushes of commits but keeps one at close. Oracles: e2fsck and the
+ * kernel's view of the image, and the device's own count of flushes and writes.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Ext4 } from '../../src/index.js';
+import { MemDevice } from '../../src/blockdev/mem-device.js';
+import { canLoopMount } from '../helpers/fixtures.js';
+import { describeExt4, describeMount } from '../helpers/model-fs.js';
+
+const work = mkdtempSync(join(tmpdir(), 'ext4ts-commit-'));
+process.on('exit', () => rmSync(work, { recursive: true, force: true }));
+const loop = canLoopMount();
+
+/** A MemDevice that counts flushes and writes. */
+class CountingDevice extends MemDevice {
+  flushes = 0;
+  writes = 0;
+  override async write(offsetBytes: number, src: Uint8Array): Promise<void> {
+    this.writes++;
+    await super.write(offsetBytes, src);
+  }
+  override async flush(): Promise<void> {
+    this.flushes++;
+    await super.flush();
+  }
+}
+
+function assertClean(img: string): void {
+  const r = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+}
+
+/** The image through e2fsck, and through the kernel against our own reading where loop mounts work. */
+async function checkImage(dev: MemDevice, name: string): Promise<void> {
+  const img = join(work, `${name}.img`);
+  writeFileSync(img, dev.data);
+  assertClean(img);
+  if (!loop.ok) return;
+  const mnt = join(work, `mnt-${name}`);
+  mkdirSync(mnt, { recursive: true });
+  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
+  try {
+    const kern = describeMount(mnt);
+    const ro = await Ext4.open(img);
+    try {
+      assert.deepEqual(await describeExt4(ro), kern);
+    } finally {
+      await ro.close();
+    }
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+}
+
+/** 40 directories of 25 files each, 3 KiB of content per file. */
+async function fill(fs: Ext4, watch?: () => void): Promise<void> {
+  for (let d = 0; d < 40; d++) {
+    await fs.mkdir(`/d${d}`, { mode: 0o750, uid: d, gid: 7 });
+    for (let f = 0; f < 25; f++) {
+      const fh = await fs.open(`/d${d}/f${f}`, 'wx', { mode: 0o640, uid: 1000 + f, gid: 100 });
+      await fh.write(new Uint8Array(3000).fill(d * 25 + f), 0, 3000, 0);
+      await fh.utimes({ sec: 1_000_000 + f, nsec: 5 }, { sec: 2_000_000 + d, nsec: 7 });
+      await fh.close();
+      watch?.();
+    }
+  }
+}
+
+test('metadataDirtyLimitBytes: dirty metadata stays near the limit between syncs (commits at operation ends), image clean and kernel-identical', async () => {
+  const dev = new CountingDevice(new Uint8Array(32 << 20));
+  await Ext4.mkfs(dev, { sizeBytes: 32 << 20, blockSize: 1024, inodesCount: 4096 });
+  const limit = 64 << 10;
+  const fs = await Ext4.open(dev, { readOnly: false, metadataDirtyLimitBytes: limit });
+  let most = 0;
+  await fill(fs, () => {
+    most = Math.max(most, fs.sup.cache.dirtyCount);
+  });
+  // One operation can dirty a few blocks past the limit before its end commits.
+  assert.ok(most * 1024 <= limit + 32 * 1024, `dirty metadata peaked at ${most} KiB with a 64 KiB limit`);
+  await fs.close();
+  await checkImage(dev, 'limit');
+
+  // The same work without the limit holds every changed block until close.
+  const dev2 = new CountingDevice(new Uint8Array(32 << 20));
+  await Ext4.mkfs(dev2, { sizeBytes: 32 << 20, blockSize: 1024, inodesCount: 4096 });
+  const fs2 = await Ext4.open(dev2, { readOnly: false });
+  await fill(fs2);
+  assert.ok(fs2.sup.cache.dirtyCount * 1024 > 4 * limit, `${fs2.sup.cache.dirtyCount} dirty blocks without a limit`);
+  await fs2.close();
+  await checkImage(dev2, 'nolimit');
+});
+
+test('barrier: false flushes the device once, at close; the default flushes at every commit', async () => {
+  const flushesOf = async (barrier: boolean | undefined): Promise<{ during: number; total: number; dev: CountingDevice }> => {
+    const dev = new CountingDevice(new Uint8Array(16 << 20));
+    await Ext4.mkfs(dev, { sizeBytes: 16 << 20, blockSize: 4096 });
+    const at0 = dev.flushes;
+    const fs = await Ext4.open(dev, { readOnly: false, metadataDirtyLimitBytes: 16 << 10, ...(barrier !== undefined ? { barrier } : {}) });
+    await fill(fs);
+    await fs.sync();
+    const during = dev.flushes - at0;
+    await fs.close();
+    return { during, total: dev.flushes - at0, dev };
+  };
+  const nb = await flushesOf(false);
+  assert.equal(nb.during, 0, 'no flush before close with barrier: false');
+  assert.equal(nb.total, 1, 'one flush at close');
+  await checkImage(nb.dev, 'nobarrier');
+  const b = await flushesOf(undefined);
+  assert.ok(b.during >= 3, `${b.during} flushes with barriers (mount, commits, sync)`);
+  await checkImage(b.dev, 'barrier');
+});
