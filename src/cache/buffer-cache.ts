@@ -105,6 +105,7 @@ export class BufferCache {
   markDirty(buf: MetaBuffer, finalize?: (data: Uint8Array) => void): void {
     assert(!this.readOnly, () => `markDirty of block ${buf.blockNr} on a read-only cache`);
     assert((this.held.get(buf.blockNr) ?? this.lru.get(buf.blockNr)) === buf, () => `markDirty of block ${buf.blockNr}: not the cached buffer`);
+    if (!buf.dirty) this.nDirty++;
     buf.dirty = true;
     this.lru.delete(buf.blockNr);
     this.held.set(buf.blockNr, buf);
@@ -118,16 +119,24 @@ export class BufferCache {
    */
   forget(nr: number): void {
     assert(this.held.get(nr)?.pinned !== true, () => `forget of pinned block ${nr}`);
+    const held = this.held.get(nr);
+    if (held?.dirty === true) {
+      this.nDirty--;
+      // A write of it already issued by sync must not count it clean a second time.
+      held.dirty = false;
+    }
     this.lru.delete(nr);
     this.held.delete(nr);
   }
 
-  /** Number of dirty buffers (counters back to zero after sync: STYLE.md §7). */
+  /**
+   * Number of dirty buffers (counters back to zero after sync: STYLE.md §7). Kept as a count:
+   * the end of every operation reads it (the mount's dirty-metadata limit).
+   */
   get dirtyCount(): number {
-    let n = 0;
-    for (const b of this.held.values()) if (b.dirty) n++;
-    return n;
+    return this.nDirty;
   }
+  private nDirty = 0;
 
   /** Runs every pending finalizer (commit runs them before it sums the group descriptors). */
   finalizeAll(): void {
@@ -162,6 +171,7 @@ export class BufferCache {
   async sync(): Promise<void> {
     this.finalizeAll();
     const dirty = [...this.held.values()].filter((b) => b.dirty).sort((a, b) => a.blockNr - b.blockNr);
+    assert(dirty.length === this.nDirty, () => `${dirty.length} dirty buffers but the count says ${this.nDirty}`);
     const fresh = dirty.filter((b) => b.fresh === true);
     if (fresh.length > 0 && fresh.length < dirty.length) {
       await this.writeRuns(fresh);
@@ -169,6 +179,7 @@ export class BufferCache {
     }
     await this.writeRuns(dirty.filter((b) => b.dirty));
     await this.dev.flush();
+    assert(this.nDirty >= 0, () => `dirty buffer count ${this.nDirty} below zero`);
     // Written buffers become evictable again (pinned ones stay held).
     for (const b of dirty) {
       if (b.dirty || b.pinned === true || this.held.get(b.blockNr) !== b) continue;
@@ -194,6 +205,7 @@ export class BufferCache {
         await this.dev.write(first.blockNr * this.blockSize, run);
       }
       for (let k = i; k < j; k++) {
+        if (bufs[k]!.dirty) this.nDirty--;
         bufs[k]!.dirty = false;
         bufs[k]!.fresh = false;
       }
