@@ -54,6 +54,21 @@ export class BufferCache {
     assert(blockSize >= 1024 && (blockSize & (blockSize - 1)) === 0, `block size ${blockSize}`);
   }
 
+  /**
+   * The cached buffer of block `nr`, or undefined (no read): lets hot paths skip bread's promise
+   * when the block is cached, which it nearly always is. A hit counts as a use.
+   */
+  peek(nr: number): MetaBuffer | undefined {
+    const held = this.held.get(nr);
+    if (held !== undefined) return held;
+    const hit = this.lru.get(nr);
+    if (hit !== undefined) {
+      this.lru.delete(nr);
+      this.lru.set(nr, hit);
+    }
+    return hit;
+  }
+
   /** Reads block `nr` through the cache (bread). `what` names the structure for errors. */
   async bread(nr: number, what: string): Promise<MetaBuffer> {
     if (!Number.isSafeInteger(nr) || nr < 0 || nr >= this.blocksCount) {

@@ -248,6 +248,34 @@ export function computeInodeCsum(record: Uint8Array, inodeSeed: number, hiFits: 
 }
 
 /**
+ * The pieces of `record` (s_inode_size bytes) that ext4_inode_csum() sums around the checksum
+ * fields: views, so an in-core inode can keep them and be checksummed with no allocation.
+ */
+export function inodeCsumPieces(record: Uint8Array, hiFits: boolean): Uint8Array[] {
+  return hiFits
+    ? [record.subarray(0, CSUM_LO), record.subarray(CSUM_LO + 2, CSUM_HI), record.subarray(CSUM_HI + 2)]
+    : [record.subarray(0, CSUM_LO), record.subarray(CSUM_LO + 2)];
+}
+
+/** Stamps the checksum of an inode record from inodeCsumPieces (as setInodeCsum does). */
+export function setInodeCsumFromPieces(ino: InodeView, pieces: readonly Uint8Array[], inodeSeed: number): void {
+  // OK to index: inodeCsumPieces makes two or three pieces.
+  let c = crc32cRaw(crc32cRaw(inodeSeed, pieces[0]!), ZERO2);
+  if (pieces.length === 3) {
+    c = crc32cRaw(crc32cRaw(crc32cRaw(c, pieces[1]!), ZERO2), pieces[2]!);
+    ino.l_i_checksum_lo = c & 0xffff;
+    ino.i_checksum_hi = c >>> 16;
+    return;
+  }
+  ino.l_i_checksum_lo = crc32cRaw(c, pieces[1]!) & 0xffff;
+}
+
+/** True when the record has room for i_checksum_hi. */
+export function inodeCsumHiFits(ino: InodeView, inodeSize: number): boolean {
+  return fitsInInode(ino, CSUM_HI + 2, inodeSize);
+}
+
+/**
  * Verifies an inode record's checksum. `ino` is a view over a (possibly padded) copy of
  * `record`. Throws BadCrc on mismatch. An all-zero (never used) record is not checked.
  */

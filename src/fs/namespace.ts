@@ -12,7 +12,7 @@ import { resolvePath, splitPath, readSymlink, NAME_MAX } from './namei.js';
 import { writeInode, addInodeBlocks, type InodeInfo } from './inode/inode.js';
 import { iget } from './inode/icache.js';
 import { iterateDir } from './dir/dir.js';
-import { decodeName } from '../util/bytes.js';
+import { decodeName, encodeUtf8 } from '../util/bytes.js';
 import { newInode, evictInode, freeBlocksFrom, touch } from './inode/inode-life.js';
 import { orphanAdd, orphanDel } from './orphan.js';
 import { extentDirBlocks } from './dir/dir-blocks.js';
@@ -94,6 +94,15 @@ export class Namespace {
   /** Resolves everything but the last component (which must be a plain name). */
   private async parent(path: string, syscall: string): Promise<Parent> {
     if (!path.startsWith('/')) throw new PosixError('EINVAL', syscall, path, 'path must be absolute inside the image');
+    // The memo's fast path: no trailing slash, the same directory text as last time.
+    const last = this.lastParent;
+    const cut = path.lastIndexOf('/');
+    if (last !== undefined && cut < path.length - 1 && last.generation === dcacheGeneration(this.s)
+      && last.path === (cut === 0 ? '/' : path.slice(0, cut))) {
+      const name = encodeUtf8(path.slice(cut + 1));
+      if (name.length > NAME_MAX) throw new PosixError('ENAMETOOLONG', syscall, path);
+      return { dir: await iget(this.s, last.ino), name };
+    }
     const comps = splitPath(path);
     const name = comps.pop();
     if (name === undefined) throw new PosixError('EEXIST', syscall, path, 'the root directory');

@@ -7,7 +7,8 @@ import type { Ext4Super } from '../super.js';
 import {
   Inode, type InodeView, INODE_VIEW_SIZE, verifyInodeCsum, validateExtraIsize, inodeSizeBytes,
   inodeUid, inodeGid, inodeTime, inodeFileAcl, inodeBlocks512, fileTypeOfMode, type FileType,
-  type Timespec, inodeCsumSeed, setInodeCsum, EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, EXT4_INDEX_FL,
+  type Timespec, inodeCsumSeed, inodeCsumPieces, inodeCsumHiFits, setInodeCsumFromPieces,
+  EXT4_EXTENTS_FL, EXT4_INLINE_DATA_FL, EXT4_INDEX_FL,
   EXT4_GOOD_OLD_INODE_SIZE, S_IFMT, EXT4_HUGE_FILE_FL,
 } from '../../format/inode.js';
 import { EXT4_ROOT_INO } from '../../format/superblock.js';
@@ -16,6 +17,16 @@ import { isZero } from '../../util/bytes.js';
 import { assert } from '../../util/assert.js';
 
 /** An inode as loaded from disk, decoded once. */
+/** See InodeInfo.writeState. */
+export interface InodeWriteState {
+  block: number;
+  offset: number;
+  /** The record's s_inode_size bytes (a view of `record`). */
+  rec: Uint8Array;
+  hiFits: boolean;
+  pieces: Uint8Array[];
+}
+
 export class InodeInfo {
   constructor(
     readonly ino: number,
@@ -28,12 +39,15 @@ export class InodeInfo {
     private readonly largeDir: boolean,
   ) {
     this.referenced = false;
+    this.writeState = undefined;
     if (fileTypeOfMode(view.i_mode) === undefined) {
       throw new Corrupt('inode', `invalid file type in i_mode 0o${view.i_mode.toString(8)}`, { ino });
     }
   }
   /** Used since the in-core inode cache last scanned it (I_REFERENCED; see icache.ts). */
   referenced: boolean;
+  /** writeInode's cache: where the record goes and its checksum pieces (fixed for the mount). */
+  writeState: InodeWriteState | undefined;
   /** Size in bytes (live: the write path changes the record). */
   get size(): number { return inodeSizeBytes(this.view, this.largeDir); }
   get type(): FileType {
@@ -126,11 +140,26 @@ export function requireDir(info: InodeInfo, path: string, syscall: string): void
  * dirty, so later reads through the cache see the change at once.
  */
 export async function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> {
-  const loc = inodeLocation(s, info.ino);
-  const buf = await s.cache.bread(loc.block, 'inode table');
-  const rec = info.record.subarray(0, s.inodeSize);
-  if (s.features.metadataCsum) setInodeCsum(info.view, rec, info.ino, s.csumSeed);
-  buf.data.set(rec, loc.offset);
+  // Called several times per operation: the location and the record's views are kept on the
+  // in-core inode, and a cached table block is taken without bread's promise.
+  let w = info.writeState;
+  if (w === undefined) {
+    const loc = inodeLocation(s, info.ino);
+    const rec = info.record.subarray(0, s.inodeSize);
+    const hiFits = inodeCsumHiFits(info.view, s.inodeSize);
+    w = { block: loc.block, offset: loc.offset, rec, hiFits, pieces: inodeCsumPieces(rec, hiFits) };
+    info.writeState = w;
+  }
+  const buf = s.cache.peek(w.block) ?? await s.cache.bread(w.block, 'inode table');
+  if (s.features.metadataCsum) {
+    if (inodeCsumHiFits(info.view, s.inodeSize) !== w.hiFits) {
+      // i_extra_isize changed: the checksum's layout with it.
+      w.hiFits = !w.hiFits;
+      w.pieces = inodeCsumPieces(w.rec, w.hiFits);
+    }
+    setInodeCsumFromPieces(info.view, w.pieces, info.csumSeed);
+  }
+  buf.data.set(w.rec, w.offset);
   s.cache.markDirty(buf);
 }
 
