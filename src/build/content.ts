@@ -10,7 +10,7 @@
  * non-zero 512-byte sectors found account for every allocated byte (st_blocks): whatever follows
  * can only be holes. Memory content may be a list of pieces at offsets (a manifest's sparse map).
  *
- * readAhead keeps the next files' first chunks (and the next chunk of the current file) in
+ * ContentFetcher keeps the next files' first chunks (and the next chunk of the current file) in
  * flight while the caller writes the current one, so source reads overlap the engine's work.
  * Files up to SYNC_READ_BYTES are read with synchronous calls instead: from the page cache that
  * costs a few microseconds, where a promise-based open, read and close cost about 150 µs of CPU
@@ -22,7 +22,7 @@
 import { open, type FileHandle as HostFileHandle } from 'node:fs/promises';
 import { openSync, readSync, closeSync } from 'node:fs';
 import { badEntry, type BuildEntry, type Chunk } from './source.js';
-import { SmallFileReader, type ReadJob } from './read-worker.js';
+import { SmallFileReader } from './read-worker.js';
 import { assert } from '../util/assert.js';
 
 export type { Chunk };
@@ -161,50 +161,89 @@ export interface ReadAheadOptions {
 /** See ReadAheadOptions.workerMinFiles. */
 export const WORKER_MIN_FILES = 256;
 
+/** A small host file (or plain-tar member): read whole, on the worker when there is one. */
+export function isSmallHost(e: BuildEntry): boolean {
+  const c = e.content;
+  return (c?.kind === 'host' || c?.kind === 'archive') && e.sizeBytes <= SYNC_READ_BYTES;
+}
+
 /**
- * Hands out `files` in the given order, each with its content as chunks (holes skipped where
- * known), reading ahead as ReadAheadOptions allows. Files must not have 'stream' content.
+ * Hands out files in the order they were pushed, each with its content as chunks (holes skipped
+ * where known), reading ahead as ReadAheadOptions allows: the caller pushes files as it learns
+ * of them, ahead of the ones it writes. Files must not have 'stream' content.
  */
-export async function* readAhead(files: readonly BuildEntry[], opts: ReadAheadOptions): AsyncGenerator<{ entry: BuildEntry; chunks: AsyncGenerator<Chunk> }> {
-  const depth = opts.depth ?? 8;
-  const maxBytes = opts.maxBytes ?? 32 * CHUNK_BYTES;
-  const window: Pending[] = [];
-  const archives = new ArchiveFds();
-  const jobs: ReadJob[] = [];
-  for (const e of files) {
-    const c = e.content;
-    if ((c?.kind === 'host' || c?.kind === 'archive') && e.sizeBytes <= SYNC_READ_BYTES) {
-      jobs.push({ path: c.hostPath, offset: c.kind === 'archive' ? c.offset : 0, size: e.sizeBytes, archive: c.kind === 'archive' });
+export class ContentFetcher {
+  private readonly depth: number;
+  private readonly maxBytes: number;
+  /** Pushed and not started (their first chunk not yet in flight). */
+  private readonly queued: BuildEntry[] = [];
+  private queuedAt = 0;
+  /** Started, in order. */
+  private readonly window: Pending[] = [];
+  private ahead = 0;
+  private readonly archives = new ArchiveFds();
+  private readonly small: SmallFileReader | undefined;
+
+  /** `smallFiles`: how many small host files will be pushed (a worker is started for many). */
+  constructor(private readonly opts: ReadAheadOptions, smallFiles: number) {
+    this.depth = opts.depth ?? 8;
+    this.maxBytes = opts.maxBytes ?? 32 * CHUNK_BYTES;
+    this.small = smallFiles >= (opts.workerMinFiles ?? WORKER_MIN_FILES) ? new SmallFileReader() : undefined;
+  }
+
+  /** The next file to be written (after every file pushed before). */
+  push(e: BuildEntry): void {
+    assert(e.content?.kind !== 'stream', () => `${e.path}: ContentFetcher of streamed content`);
+    if (this.small !== undefined && isSmallHost(e)) {
+      const c = e.content;
+      // OK to assert the kind: isSmallHost checked it.
+      if (c?.kind === 'host' || c?.kind === 'archive') {
+        this.small.add({ path: c.hostPath, offset: c.kind === 'archive' ? c.offset : 0, size: e.sizeBytes, archive: c.kind === 'archive' });
+      }
+    }
+    this.queued.push(e);
+    this.fill();
+  }
+
+  /** How many files were pushed and not yet handed out. */
+  get size(): number {
+    return this.queued.length - this.queuedAt + this.window.length;
+  }
+
+  /** The next pushed file and its chunks, in push order. */
+  next(): { entry: BuildEntry; chunks: AsyncGenerator<Chunk> } {
+    this.fill();
+    const p = this.window.shift();
+    assert(p !== undefined, 'ContentFetcher.next with nothing pushed');
+    this.ahead -= p.aheadBytes;
+    this.fill();
+    return { entry: p.entry, chunks: chunksOf(p, this.opts.blockSize, this.archives, this.small) };
+  }
+
+  private fill(): void {
+    while (this.queuedAt < this.queued.length && this.window.length < this.depth && (this.ahead < this.maxBytes || this.window.length === 0)) {
+      // OK to index: queuedAt < queued.length.
+      const p = start(this.queued[this.queuedAt++]!);
+      this.ahead += p.aheadBytes;
+      this.window.push(p);
+    }
+    // Drop the started prefix now and then: the queue stays as long as the look-ahead.
+    if (this.queuedAt > 1024) {
+      this.queued.splice(0, this.queuedAt);
+      this.queuedAt = 0;
     }
   }
-  const small = jobs.length >= (opts.workerMinFiles ?? WORKER_MIN_FILES) ? new SmallFileReader(jobs) : undefined;
-  let next = 0;
-  let ahead = 0;
-  const fill = (): void => {
-    while (next < files.length && window.length < depth && (ahead < maxBytes || window.length === 0)) {
-      // OK to index: next < files.length.
-      const p = start(files[next++]!);
-      ahead += p.aheadBytes;
-      window.push(p);
-    }
-  };
-  try {
-    fill();
-    while (window.length > 0) {
-      // OK to assert: the loop condition says the window is not empty.
-      const p = window.shift()!;
-      ahead -= p.aheadBytes;
-      fill();
-      yield { entry: p.entry, chunks: chunksOf(p, opts.blockSize, archives, small) };
-    }
-  } finally {
-    archives.closeAll();
-    await small?.close();
+
+  /** Closes every source file and the worker (after the last file, or when the build gave up). */
+  async close(): Promise<void> {
+    this.archives.closeAll();
+    await this.small?.close();
     // Stopped early (an error): let fetches in flight settle and close their files.
-    for (const p of window) {
+    for (const p of this.window) {
       await p.first?.catch(() => undefined);
       await p.reader?.close().catch(() => undefined);
     }
+    this.window.length = 0;
   }
 }
 

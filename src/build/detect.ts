@@ -58,12 +58,12 @@ export async function detectSource(path: string): Promise<SourceKind> {
   throw badEntry(path, 'not a directory, a tar archive (plain or gzip) or a JSON manifest');
 }
 
-/** Detects and scans a source (`memoryBytes`: see scanTar). */
-export async function openSource(path: string, memoryBytes?: number): Promise<Source> {
+/** Detects and scans a source (`memoryBytes`: see scanTar; `keepEntries`: see scanDirectory). */
+export async function openSource(path: string, memoryBytes?: number, keepEntries?: number): Promise<Source> {
   const kind = await detectSource(path);
   switch (kind) {
     case 'dir':
-      return scanDirectory(path);
+      return scanDirectory(path, keepEntries);
     case 'tar':
       return scanTar(path, 'none');
     case 'tar.gz':

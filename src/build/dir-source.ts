@@ -1,7 +1,9 @@
 /**
- * A host directory as a build source (like `mke2fs -d DIR`): one synchronous walk with lstat
+ * A host directory as a build source (like `mke2fs -d DIR`): synchronous walks with lstat
  * (bigint, for nanosecond times and exact device/inode numbers), which is the cheapest way Node
- * offers to visit tens of thousands of entries; file content is read later, in chunks.
+ * offers to visit tens of thousands of entries; file content is read later, in chunks. Nothing
+ * is kept between walks beyond the first walk's list of a small tree (KEPT_ENTRIES): memory
+ * does not grow with the size of the tree.
  *
  * - Types: regular files, directories, symlinks (targets as raw bytes), FIFOs, sockets, and
  *   character/block devices (which only root can create on the host).
@@ -15,7 +17,7 @@
  */
 import { readdirSync, lstatSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
-import { badEntry, finishEntries, symlinkTarget, type BuildEntry, type EntryKind, type Source, type Timespec } from './source.js';
+import { badEntry, symlinkTarget, type BuildEntry, type EntryKind, type Source, type Timespec } from './source.js';
 
 const S_IFMT = 0o170000n;
 const KIND_OF_FMT: ReadonlyMap<bigint, EntryKind> = new Map([
@@ -91,32 +93,96 @@ function entryOf(hostPath: string, path: string, st: BigIntStats, links: Map<str
   return e;
 }
 
-/** Walks `root` (a host directory) into a Source. */
-export function scanDirectory(root: string): Source {
-  const rootSt = lstatSync(root, { bigint: true });
-  const links = new Map<string, string>();
-  const list: BuildEntry[] = [entryOf(root, '/', rootSt, links)];
-  const stack: { host: string; path: string }[] = [{ host: root, path: '' }];
-  while (stack.length > 0) {
-    // OK to assert: the loop condition says the stack is not empty.
-    const dir = stack.pop()!;
-    for (const name of namesOf(dir.host)) {
-      const host = join(dir.host, name);
-      const path = `${dir.path}/${name}`;
-      let st: BigIntStats;
-      try {
-        st = lstatSync(host, { bigint: true });
-      } catch (e) {
-        throw badEntry(host, `cannot stat: ${(e as Error).message}`);
-      }
-      const e = entryOf(host, path, st, links);
-      list.push(e);
-      if (e.kind === 'dir') stack.push({ host, path });
-    }
-  }
+/**
+ * A host directory as a Source. Each walk() visits the tree afresh, depth first with each
+ * directory's names sorted, which is creation order (component-wise path order): parents
+ * first, and the first name of a hard-link group is its smallest path, so it carries the inode.
+ * Only the hard-link groups (device and inode → first path) are remembered during a walk.
+ */
+export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES): Source {
+  // Fail now, at open, if the root is unreadable.
+  lstatSync(root, { bigint: true });
+  // Reading a directory (readdir) or a symlink (readlink) moves its atime on the host, so a
+  // second walk would see the first walk's own reads. The first walk's atimes of directories
+  // and symlinks are kept (seconds and nanoseconds, in walk order: 16 bytes each) and given
+  // back by the later walks.
+  const atimes: number[] = [];
+  // A tree of up to `keepEntries` entries is kept whole by the first walk and handed out again
+  // (a second walk costs ~30 us per entry); a larger one is walked again, so memory stays bounded.
+  let kept: BuildEntry[] | undefined;
+  let walks = 0;
   return {
     kind: 'dir',
-    entries: finishEntries(list, 'error'),
+    walk: () => {
+      if (walks++ === 0) return keepWhile(walkTree(root, atimes, false), keepEntries, (list) => {
+        kept = list;
+      });
+      return kept ?? walkTree(root, atimes, true);
+    },
     warnings: ['extended attributes of a directory source are not copied (Node.js has no xattr API); a tar made with --xattrs or a manifest carries them'],
   };
+}
+
+/** Entries a first walk keeps for the next by default (see scanDirectory; ~27 MiB at most). */
+export const KEPT_ENTRIES = 50_000;
+
+/** Yields `walk`'s entries; `done` gets them all if the walk ended within `max`. */
+function* keepWhile(walk: Iterable<BuildEntry>, max: number, done: (list: BuildEntry[]) => void): Generator<BuildEntry> {
+  let list: BuildEntry[] | undefined = max > 0 ? [] : undefined;
+  for (const e of walk) {
+    if (list !== undefined) {
+      if (list.length < max) list.push(e);
+      else list = undefined;
+    }
+    yield e;
+  }
+  if (list !== undefined) done(list);
+}
+
+function* walkTree(root: string, atimes: number[], replay: boolean): Generator<BuildEntry> {
+  const links = new Map<string, string>();
+  let k = 0;
+  /** Records (first walk) or restores (later walks) the atime of a directory or symlink. */
+  const keepAtime = (e: BuildEntry): void => {
+    if ((e.kind !== 'dir' && e.kind !== 'symlink') || e.atime === undefined) return;
+    if (!replay) atimes.push(e.atime.sec, e.atime.nsec);
+    // OK to index: k + 1 < atimes.length. A longer second walk fails the build at its end.
+    else if (k + 1 < atimes.length) e.atime = { sec: atimes[k]!, nsec: atimes[k + 1]! };
+    k += 2;
+  };
+  const rootEntry = entryOf(root, '/', lstatHost(root), links);
+  if (rootEntry.kind !== 'dir') throw badEntry(root, 'the source is not a directory');
+  keepAtime(rootEntry);
+  yield rootEntry;
+  // Pending directories, deepest last; each frame lists its names sorted and walks them in order.
+  const stack: { host: string; path: string; names: string[]; at: number }[] = [{ host: root, path: '', names: sortedNames(root), at: 0 }];
+  while (stack.length > 0) {
+    // OK to index: the loop condition says the stack is not empty.
+    const dir = stack[stack.length - 1]!;
+    if (dir.at >= dir.names.length) {
+      stack.pop();
+      continue;
+    }
+    // OK to index: at < names.length.
+    const name = dir.names[dir.at++]!;
+    const host = join(dir.host, name);
+    const path = `${dir.path}/${name}`;
+    const e = entryOf(host, path, lstatHost(host), links);
+    keepAtime(e);
+    yield e;
+    if (e.kind === 'dir') stack.push({ host, path, names: sortedNames(host), at: 0 });
+  }
+}
+
+function lstatHost(host: string): BigIntStats {
+  try {
+    return lstatSync(host, { bigint: true });
+  } catch (e) {
+    throw badEntry(host, `cannot stat: ${(e as Error).message}`);
+  }
+}
+
+/** A directory's names in creation order (a plain code-unit sort: names hold no "/"). */
+function sortedNames(hostDir: string): string[] {
+  return namesOf(hostDir).sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }

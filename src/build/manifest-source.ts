@@ -216,5 +216,6 @@ export function scanManifest(manifestPath: string): Source {
   if (!Array.isArray(list)) throw badEntry(manifestPath, 'a manifest is {"entries": [...]} or an array of entries');
   const baseDir = dirname(resolve(manifestPath));
   const entries = list.map((o, i) => entryOf(o, i, manifestPath, baseDir));
-  return { kind: 'manifest', entries: finishEntries(entries, 'error'), warnings: [] };
+  const finished = finishEntries(entries, 'error');
+  return { kind: 'manifest', walk: () => finished, warnings: [] };
 }

@@ -17,6 +17,8 @@
  */
 import type { BuildEntry } from './source.js';
 
+const UTF8 = new TextEncoder();
+
 /** What the content needs, before any filesystem overhead. */
 export interface ContentNeed {
   /** Blocks of data, directories, symlinks, extent trees and xattrs. */
@@ -50,26 +52,14 @@ function fileBlocks(e: BuildEntry, bs: number): number {
 /** Bytes an entry's name takes in its parent directory (ext4_dir_entry_2 rec_len). */
 function recLen(path: string): number {
   const name = path.slice(path.lastIndexOf('/') + 1);
-  const nameBytes = new TextEncoder().encode(name).length;
+  const nameBytes = UTF8.encode(name).length;
   return 8 + Math.ceil(nameBytes / 4) * 4;
 }
 
-/** Blocks of every directory, from the names of its children. */
-function dirBlocks(entries: readonly BuildEntry[], bs: number): number {
-  const bytes = new Map<string, number>();
-  for (const e of entries) {
-    if (e.kind === 'dir') bytes.set(e.path, (bytes.get(e.path) ?? 0) + 24); // '.' and '..'
-    if (e.path === '/') continue;
-    const parent = e.path.slice(0, Math.max(1, e.path.lastIndexOf('/')));
-    bytes.set(parent, (bytes.get(parent) ?? 0) + recLen(e.path));
-  }
-  let blocks = 0;
-  const usable = bs - 12;
-  for (const b of bytes.values()) {
-    const packed = Math.ceil(b / usable);
-    blocks += packed <= 1 ? 1 : 2 * packed + 1 + Math.ceil(packed / 500);
-  }
-  return blocks;
+/** Blocks a directory whose entries take `bytes` (rec_lens, '.' and '..' included) needs. */
+function dirBlocksOf(bytes: number, bs: number): number {
+  const packed = Math.ceil(bytes / (bs - 12));
+  return packed <= 1 ? 1 : 2 * packed + 1 + Math.ceil(packed / 500);
 }
 
 /** Xattr bytes of an entry as ext4 stores them (entry header, name, value, each rounded to 4). */
@@ -79,20 +69,56 @@ function xattrBytes(e: BuildEntry): number {
   return n;
 }
 
-/** What the entries need at block size `bs`. */
-export function contentNeed(entries: readonly BuildEntry[], bs: number): ContentNeed {
-  let blocks = dirBlocks(entries, bs);
-  let inodes = 0;
-  let dataBytes = 0;
-  for (const e of entries) {
-    if (e.kind !== 'hardlink') inodes++;
+/** What the entries need at block size `bs` (NeedCounter over a list). */
+export function contentNeed(entries: Iterable<BuildEntry>, bs: number): ContentNeed {
+  const c = new NeedCounter(bs);
+  for (const e of entries) c.add(e);
+  return c.result();
+}
+
+/**
+ * contentNeed one entry at a time, in creation order (parents first, each directory's subtree
+ * right after it). Directories are summed on a stack of the open ones and counted when their
+ * subtree ends, so the memory is the tree's depth, not its size.
+ */
+export class NeedCounter {
+  private blocks = 0;
+  private inodes = 0;
+  private dataBytes = 0;
+  /** Open directories, outermost first: path and the bytes of their entries so far. */
+  private readonly dirs: { path: string; bytes: number }[] = [];
+
+  constructor(private readonly bs: number) {}
+
+  add(e: BuildEntry): void {
+    const bs = this.bs;
+    if (e.path !== '/') {
+      const parent = e.path.slice(0, Math.max(1, e.path.lastIndexOf('/')));
+      // Close the directories whose subtree ended (creation order: the parent is open).
+      while (this.dirs.length > 0 && this.dirs[this.dirs.length - 1]!.path !== parent) this.closeDir();
+      const top = this.dirs[this.dirs.length - 1];
+      if (top !== undefined) top.bytes += recLen(e.path);
+    }
+    if (e.kind === 'dir') this.dirs.push({ path: e.path, bytes: 24 }); // '.' and '..'
+    if (e.kind !== 'hardlink') this.inodes++;
     if (e.kind === 'file') {
-      blocks += fileBlocks(e, bs);
-      dataBytes += e.allocBytes;
-    } else if (e.kind === 'symlink' && (e.target?.length ?? 0) > FAST_SYMLINK_MAX) blocks++;
-    if (xattrBytes(e) > INODE_XATTR_BYTES) blocks++;
+      this.blocks += fileBlocks(e, bs);
+      this.dataBytes += e.allocBytes;
+    } else if (e.kind === 'symlink' && (e.target?.length ?? 0) > FAST_SYMLINK_MAX) this.blocks++;
+    if (xattrBytes(e) > INODE_XATTR_BYTES) this.blocks++;
   }
-  return { blocks, inodes, dataBytes };
+
+  private closeDir(): void {
+    // OK to assert: callers check the stack is not empty.
+    this.blocks += dirBlocksOf(this.dirs.pop()!.bytes, this.bs);
+  }
+
+  /** The need of every entry added (the open directories counted as they stand). */
+  result(): ContentNeed {
+    let blocks = this.blocks;
+    for (const d of this.dirs) blocks += dirBlocksOf(d.bytes, this.bs);
+    return { blocks, inodes: this.inodes, dataBytes: this.dataBytes };
+  }
 }
 
 /** The journal mkfs makes for a filesystem of `blocks` blocks (ext2fs_default_journal_size). */

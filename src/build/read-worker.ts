@@ -8,7 +8,9 @@
  * the buffers in batches, transferred, not copied. Flow control: a shared counter holds the
  * bytes posted and not yet taken; the worker sleeps (Atomics.wait) while it is above the limit,
  * and take() wakes it. A job that cannot be read becomes an error message, thrown when the
- * builder takes that job, so a failure is reported for the file it concerns and in order.
+ * builder takes that job, so a failure is reported for the file it concerns and in order. Jobs
+ * arrive in batches as the builder's walk of the source finds them; the worker never holds the
+ * whole list.
  *
  * This module is both sides: the main thread's SmallFileReader, and the worker's loop (run when
  * the module is loaded as a worker with its workerData).
@@ -26,16 +28,26 @@ export interface ReadJob {
   archive: boolean;
 }
 
-/** Either the bytes of a job or why it could not be read. */
-export type ReadResult = Uint8Array | { error: string };
+/** Either the bytes of a job or why it could not be read (with the job's size). */
+export type ReadResult = Uint8Array | { error: string; size: number };
 
 interface WorkerInput {
-  jobs: ReadJob[];
-  /** Int32Array[1] over a SharedArrayBuffer: bytes posted and not yet taken. */
+  /**
+   * Int32Array[2] over a SharedArrayBuffer: [0] bytes posted and not yet taken, [1] set to 1
+   * when the main thread stops (the worker skips the jobs it still has).
+   */
   pending: SharedArrayBuffer;
   limitBytes: number;
 }
 
+/** Main to worker: the next jobs, numbered on from the last batch. */
+interface JobBatch {
+  jobs: ReadJob[];
+  /** The last message: close the archives kept open and exit. */
+  end?: boolean;
+}
+
+/** Worker to main: results of jobs first, first + 1, … */
 interface Batch {
   first: number;
   results: ReadResult[];
@@ -43,34 +55,48 @@ interface Batch {
 
 /** Bytes read ahead at most (default of SmallFileReader). */
 const DEFAULT_LIMIT_BYTES = 16 << 20;
-/** A batch is posted once it holds this many bytes or files. */
+/** A batch (of jobs, or of results) is posted once it holds this many bytes or files. */
 const BATCH_BYTES = 256 << 10;
 const BATCH_FILES = 64;
 
-/** The main thread's side: results in job order. */
+/**
+ * The main thread's side: jobs are added in order as the builder learns of them (its walk of
+ * the source runs ahead of its writes), results are taken in the same order.
+ */
 export class SmallFileReader {
   private readonly worker: Worker;
   private readonly pending: Int32Array;
-  private readonly results: (ReadResult | undefined)[];
+  /** Results that arrived and were not taken yet, by job number. */
+  private readonly results = new Map<number, ReadResult>();
   private readonly waiters = new Map<number, () => void>();
   private failure: Error | undefined;
+  /** Jobs added, posted to the worker, results received, and the next job to take. */
+  private added = 0;
+  private sent = 0;
+  private received = 0;
   private next = 0;
+  private unsent: ReadJob[] = [];
+  private closed = false;
+  private readonly exited: Promise<void>;
 
-  constructor(private readonly jobs: readonly ReadJob[], private readonly limitBytes = DEFAULT_LIMIT_BYTES) {
-    const sab = new SharedArrayBuffer(4);
+  constructor(private readonly limitBytes = DEFAULT_LIMIT_BYTES) {
+    const sab = new SharedArrayBuffer(8);
     this.pending = new Int32Array(sab);
-    this.results = new Array<ReadResult | undefined>(jobs.length);
-    const input: WorkerInput = { jobs: [...jobs], pending: sab, limitBytes };
+    const input: WorkerInput = { pending: sab, limitBytes };
     this.worker = new Worker(new URL(import.meta.url), { workerData: input });
     this.worker.on('message', (b: Batch) => {
       b.results.forEach((r, i) => {
-        this.results[b.first + i] = r;
+        this.results.set(b.first + i, r);
+        this.received++;
         this.waiters.get(b.first + i)?.();
       });
     });
     this.worker.on('error', (e) => this.fail(e));
-    this.worker.on('exit', (code) => {
-      if (this.results.includes(undefined)) this.fail(new Error(`the source reader thread exited (code ${code}) before reading every file`));
+    this.exited = new Promise((resolve) => {
+      this.worker.on('exit', (code) => {
+        if (!this.closed) this.fail(new Error(`the source reader thread exited (code ${code}) before reading every file`));
+        resolve();
+      });
     });
   }
 
@@ -79,38 +105,65 @@ export class SmallFileReader {
     for (const w of this.waiters.values()) w();
   }
 
+  /** Queues the next job (posted to the worker in batches). */
+  add(job: ReadJob): void {
+    this.added++;
+    this.unsent.push(job);
+    if (this.unsent.length >= BATCH_FILES) this.send();
+  }
+
+  private send(): void {
+    if (this.unsent.length === 0) return;
+    const batch: JobBatch = { jobs: this.unsent };
+    this.sent += this.unsent.length;
+    this.unsent = [];
+    this.worker.postMessage(batch);
+  }
+
   /** The next job's bytes (jobs are taken in order, each once). */
   async take(): Promise<Uint8Array> {
     const i = this.next++;
-    assert(i < this.jobs.length, () => `SmallFileReader: job ${i} of ${this.jobs.length}`);
-    let r = this.results[i];
+    assert(i < this.added, () => `SmallFileReader: job ${i} taken but ${this.added} added`);
+    // The job may still wait in the unsent batch: the worker cannot read what it does not have.
+    // (Only then: a message per take would cost more than the reads.)
+    if (i >= this.sent) this.send();
+    let r = this.results.get(i);
     if (r === undefined) {
       await new Promise<void>((resolve) => {
         this.waiters.set(i, resolve);
-        if (this.results[i] !== undefined || this.failure !== undefined) resolve();
+        if (this.results.has(i) || this.failure !== undefined) resolve();
       });
       this.waiters.delete(i);
-      r = this.results[i];
+      r = this.results.get(i);
       if (r === undefined) throw this.failure ?? new Error('source reader failed');
     }
-    this.results[i] = undefined;
+    this.results.delete(i);
     // Taken, failed or not: its bytes no longer count against the read-ahead limit. The worker
     // is woken only once half the limit is free: a wake-up per file would cost a context switch.
-    // OK to index: jobs[i] exists (asserted above).
-    const size = this.jobs[i]!.size;
+    const size = r instanceof Uint8Array ? r.length : r.size;
     const before = Atomics.sub(this.pending, 0, size);
     if (before > this.limitBytes / 2 && before - size <= this.limitBytes / 2) Atomics.notify(this.pending, 0);
     if (!(r instanceof Uint8Array)) throw new Error(r.error);
     return r;
   }
 
-  /** Stops the worker (after the last take, or when the build gave up): always call it. */
+  /**
+   * Stops the worker (after the last take, or when the build gave up): always call it. The
+   * worker drops the jobs it still has, closes the archives it kept open and exits.
+   */
   async close(): Promise<void> {
-    await this.worker.terminate();
+    if (this.closed) return;
+    this.closed = true;
+    Atomics.store(this.pending, 1, 1);
+    Atomics.notify(this.pending, 0);
+    const end: JobBatch = { jobs: [], end: true };
+    this.worker.postMessage(end);
+    // It sees the stop flag between two reads and before any wait: it exits promptly.
+    await this.exited;
   }
 }
 
-/** The worker's loop: reads every job in order and posts batches. */
+/** The worker's side: reads each batch of jobs in order and posts results in batches. */
 function workerMain(input: WorkerInput): void {
   const pending = new Int32Array(input.pending);
   const archives = new Map<string, number>();
@@ -122,22 +175,32 @@ function workerMain(input: WorkerInput): void {
     batch = { first: batch.first + batch.results.length, results: [] };
     batchBytes = 0;
   };
-  input.jobs.forEach((job) => {
-    // Flow control: `pending` counts every byte read and not yet taken, this batch's included.
-    // Over the limit, post what we have and sleep until half of it is free (take() wakes us
-    // then; Atomics.wait returns at once if the count moved before we slept).
-    if (Atomics.load(pending, 0) > input.limitBytes) {
-      if (batch.results.length > 0) post();
-      for (let cur = Atomics.load(pending, 0); cur > input.limitBytes / 2; cur = Atomics.load(pending, 0)) Atomics.wait(pending, 0, cur, 1000);
+  parentPort?.on('message', (m: JobBatch) => {
+    if (m.end === true) {
+      for (const fd of archives.values()) closeSync(fd);
+      parentPort?.close();
+      return;
     }
-    const r = readJob(job, archives);
-    batch.results.push(r);
-    batchBytes += job.size;
-    Atomics.add(pending, 0, job.size);
-    if (batchBytes >= BATCH_BYTES || batch.results.length >= BATCH_FILES) post();
+    for (const job of m.jobs) {
+      if (Atomics.load(pending, 1) !== 0) return;
+      // Flow control: `pending` counts every byte read and not yet taken, this batch's
+      // included. Over the limit, post what we have and sleep until half of it is free (take()
+      // wakes us then; Atomics.wait returns at once if the count moved before we slept).
+      if (Atomics.load(pending, 0) > input.limitBytes) {
+        if (batch.results.length > 0) post();
+        for (let cur = Atomics.load(pending, 0); cur > input.limitBytes / 2 && Atomics.load(pending, 1) === 0; cur = Atomics.load(pending, 0)) {
+          Atomics.wait(pending, 0, cur, 1000);
+        }
+      }
+      const r = readJob(job, archives);
+      batch.results.push(r);
+      batchBytes += job.size;
+      Atomics.add(pending, 0, job.size);
+      if (batchBytes >= BATCH_BYTES || batch.results.length >= BATCH_FILES) post();
+    }
+    // The main thread may be waiting for the last of these: no result stays behind.
+    if (batch.results.length > 0) post();
   });
-  if (batch.results.length > 0) post();
-  for (const fd of archives.values()) closeSync(fd);
 }
 
 function readJob(job: ReadJob, archives: Map<string, number>): ReadResult {
@@ -146,21 +209,21 @@ function readJob(job: ReadJob, archives: Map<string, number>): ReadResult {
   try {
     fd = archives.get(job.path) ?? openSync(job.path, 'r');
   } catch (err) {
-    return { error: `cannot read the source: ${(err as Error).message}` };
+    return { error: `cannot read the source: ${(err as Error).message}`, size: job.size };
   }
   if (job.archive) archives.set(job.path, fd);
   try {
     for (let got = 0; got < buf.length; ) {
       const n = readSync(fd, buf, got, buf.length - got, job.offset + got);
-      if (n === 0) return { error: `the source ended at ${got} of ${job.size} bytes (changed during the build?)` };
+      if (n === 0) return { error: `the source ended at ${got} of ${job.size} bytes (changed during the build?)`, size: job.size };
       got += n;
     }
   } catch (err) {
-    return { error: `cannot read the source: ${(err as Error).message}` };
+    return { error: `cannot read the source: ${(err as Error).message}`, size: job.size };
   } finally {
     if (!job.archive) closeSync(fd);
   }
   return buf;
 }
 
-if (!isMainThread && (workerData as WorkerInput | undefined)?.jobs !== undefined) workerMain(workerData as WorkerInput);
+if (!isMainThread && (workerData as WorkerInput | undefined)?.pending !== undefined) workerMain(workerData as WorkerInput);

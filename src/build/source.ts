@@ -1,7 +1,7 @@
 /**
  * The image builder's entry model: what a source (a host directory, a tar archive, a JSON
  * manifest) says the image holds, validated and put in creation order before anything is
- * written. Every source reduces to one list of BuildEntry, so the builder has one code path.
+ * written. Every source reduces to one sequence of BuildEntry, so the builder has one code path.
  *
  * Invariants of a finished list (finishEntries):
  * - The first entry is the root directory "/"; every other path is absolute, normalized
@@ -80,8 +80,14 @@ export interface Chunk {
 /** What every source kind produces. */
 export interface Source {
   readonly kind: 'dir' | 'tar' | 'manifest';
-  /** In creation order (see finishEntries). */
-  readonly entries: BuildEntry[];
+  /**
+   * Every entry, in creation order (the invariants above). The builder walks twice: once to
+   * size and plan, once to write. A directory source walks the host tree each time, so no list
+   * of the whole tree is ever held (a second walk that disagrees with the first fails the build);
+   * tar and manifest sources hold their list and hand out the same entries each time. The
+   * builder must not change what it is handed.
+   */
+  walk(): Iterable<BuildEntry>;
   /** Things the image will not carry, for the summary. */
   readonly warnings: string[];
   /**

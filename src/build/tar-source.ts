@@ -255,7 +255,8 @@ export async function scanTar(hostPath: string, compression: TarCompression, mem
       streamed++;
     }
   });
-  const source: Source = { kind: 'tar', entries: finishEntries(list, 'later-wins'), warnings: [...warnings] };
+  const entries = finishEntries(list, 'later-wins');
+  const source: Source = { kind: 'tar', walk: () => entries, warnings: [...warnings] };
   if (streamed === 0) return source;
   return {
     ...source,

@@ -70,6 +70,35 @@ test('build from a host directory: types, modes, owners, ns times, hard links, F
   t.diagnostic(`${expected.length} entries compared through ${how}`);
 });
 
+test('build from a host directory walked twice (keepEntries 0: no list kept between the planning and the writing walk): the same entries, atimes as the first walk saw them', async (t) => {
+  const plain = makeSpec({ seed: SEED + 1, special: false });
+  const root = join(work, 'tree2');
+  writeHostTree(plain, root);
+  const expected = expectFromHost(root, plain);
+  const img = join(work, 'dir2.img');
+  await build({ source: root, image: img, keepEntries: 0 });
+  // The first walk's readdir and readlink moved directory and symlink atimes on the host: the
+  // image must still show the atimes from before the build.
+  const how = await verifyImage(img, expected, ['/big']);
+  t.diagnostic(`${expected.length} entries compared through ${how}`);
+});
+
+test('build from a host directory that changes between its two walks fails, naming the change, and leaves no image', async () => {
+  const root = join(work, 'tree3');
+  mkdirSync(join(root, 'a'), { recursive: true });
+  writeFileSync(join(root, 'a', 'one'), 'one');
+  const img = join(work, 'dir3.img');
+  let added = false;
+  const onProgress = (p: { phase: string }): void => {
+    if (p.phase === 'write' && !added) {
+      added = true;
+      writeFileSync(join(root, 'zz-late'), 'arrived after the planning walk');
+    }
+  };
+  await assert.rejects(build({ source: root, image: img, keepEntries: 0, onProgress }), /the source changed during the build \(3 entries and 3 content bytes when it was sized, 4 and 34 when written\)/);
+  assert.equal(existsSync(img), false);
+});
+
 test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-stream would corrupt them)', async (t) => {
   if (spawnSync('sh', ['-c', 'command -v tar && command -v setfattr']).status !== 0) {
     t.skip('GNU tar or setfattr (package attr) is missing');
