@@ -124,7 +124,7 @@ function toFigures(out: Outcome[], label: string, totalBytes: number): Figure[] 
     else if (anchor !== undefined && o.name !== 'raw write limit (node:fs)') f.ratios.push({ label: '× mke2fs -d', value: s.seconds / anchor });
     if (o.name === 'ext4ts mkfs -d' && raw !== undefined) f.ratios.push({ label: 'of raw bandwidth', value: raw / s.seconds });
     if (o.name === 'raw write limit (node:fs)') f.notes = [`${(mib(totalBytes) / s.seconds).toFixed(0)} MiB/s`];
-    if (o.name === 'ext4ts mkfs -d') f.notes = ['the CLI in a fresh process; RSS is its peak (resourceUsage().maxRSS)'];
+    if (o.name === 'ext4ts mkfs -d') f.notes = ['the CLI in a fresh process; RSS is its peak (VmHWM)'];
     if (o.name.startsWith('ext2fs')) f.notes = ['run once per workload (slow); mke2fs format + copy through its fs API'];
     if (o.name.startsWith('kernel')) f.notes = ['mkfs.ext4 + mount -o loop + cp -a + sync -f + umount'];
     return f;

@@ -4,6 +4,7 @@
  * open the image read-write, create /f, write SIZE_BYTES sequentially in 1 MiB writes, close the
  * file and the filesystem. Prints one JSON line: seconds, memory peaks and the engine counters.
  */
+import { peakRssKiB } from './peak-rss.js';
 import { performance } from 'node:perf_hooks';
 import { Ext4 } from '../src/index.js';
 import { MemSampler } from './stats.js';
@@ -42,7 +43,7 @@ process.stdout.write(JSON.stringify({
   writeCallsSeconds: (tWritten - t0) / 1000,
   baseRssBytes: base.rss,
   peakRssBytes: mem.peakRssBytes,
-  maxRssBytes: process.resourceUsage().maxRSS * 1024,
+  maxRssBytes: peakRssKiB() * 1024,
   peakArrayBuffersBytes: mem.peakArrayBuffersBytes,
   stats,
 }) + '\n');
