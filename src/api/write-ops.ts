@@ -73,14 +73,13 @@ export class WriteOps {
    * build of a million files) keeps bounded memory instead of holding every changed block until
    * the next sync.
    */
-  private async afterOp(): Promise<void> {
+  private afterOp(): Promise<void> | undefined {
     itrim(this.s);
-    if (this.s.cache.dirtyCount * this.s.blockSize <= this.metadataDirtyLimitBytes) return;
-    try {
-      await this.s.commit();
-    } catch (e) {
+    // Synchronous when under the limit: no promise per operation.
+    if (this.s.cache.dirtyCount * this.s.blockSize <= this.metadataDirtyLimitBytes) return undefined;
+    return this.s.commit().catch((e: unknown) => {
       this.commitError ??= e;
-    }
+    });
   }
 
   /** The failure of a commit afterOp started, once (see commitError). */

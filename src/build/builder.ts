@@ -40,7 +40,7 @@ import { fixedClock, systemClock, clockFromSourceDateEpoch, type Clock } from '.
 import { seededRandom } from '../runtime/random.js';
 import { PosixError } from '../util/errors.js';
 import { assert } from '../util/assert.js';
-import { compareTimes, type BuildEntry, type Chunk, type Source, type Timespec } from './source.js';
+import { compareTimes, parentOf, type BuildEntry, type Chunk, type Source, type Timespec } from './source.js';
 import { ContentFetcher, contentLength, isLargeFile, isSmallHost } from './content.js';
 import { NeedCounter, planSize, type ContentNeed } from './plan.js';
 import { openSource } from './detect.js';
@@ -409,7 +409,7 @@ class Builder {
         walked++;
         if (hasContent(e)) bytes += contentLength(e);
         ahead.push(e);
-        if (hasContent(e) && e.content?.kind !== 'stream') contents.push(e);
+        if (isFetched(e)) contents.push(e);
       }
       if (aheadAt > 4096) {
         ahead.splice(0, aheadAt);
@@ -429,10 +429,10 @@ class Builder {
       for (pull(); aheadAt < ahead.length; pull()) {
         // OK to index: aheadAt < ahead.length.
         const e = ahead[aheadAt++]!;
-        if (e.path !== '/') await leave(parentPath(e.path));
+        if (e.path !== '/') await leave(parentOf(e.path));
         // mkfs made a lost+found directory; a source that has something else there replaces it.
         if (e.path === '/lost+found' && e.kind !== 'dir') await fs.rmdir('/lost+found');
-        if (hasContent(e) && e.content?.kind !== 'stream') {
+        if (isFetched(e)) {
           const r = contents.next();
           // OK to assert: the fetcher hands out files in the order pull() pushed them.
           assert(r.entry === e, () => `build: content out of order at ${e.path}`);
@@ -588,6 +588,11 @@ async function withEntry<T>(e: BuildEntry, fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/** A file whose content the ContentFetcher reads (everything but a compressed tar's second pass). */
+function isFetched(e: BuildEntry): boolean {
+  return hasContent(e) && e.content?.kind !== 'stream';
+}
+
 /** A regular file with content bytes to write (not one hole, not empty). */
 function hasContent(e: BuildEntry): boolean {
   return e.kind === 'file' && contentLength(e) > 0;
@@ -673,8 +678,3 @@ function needAt(plan: Plan, blockSize: number): ContentNeed {
   return c.result();
 }
 
-/** The parent of a normalized non-root path. */
-function parentPath(path: string): string {
-  const i = path.lastIndexOf('/');
-  return i <= 0 ? '/' : path.slice(0, i);
-}

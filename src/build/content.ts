@@ -194,12 +194,10 @@ export class ContentFetcher {
   /** The next file to be written (after every file pushed before). */
   push(e: BuildEntry): void {
     assert(e.content?.kind !== 'stream', () => `${e.path}: ContentFetcher of streamed content`);
-    if (this.small !== undefined && isSmallHost(e)) {
-      const c = e.content;
-      // OK to assert the kind: isSmallHost checked it.
-      if (c?.kind === 'host' || c?.kind === 'archive') {
-        this.small.add({ path: c.hostPath, offset: c.kind === 'archive' ? c.offset : 0, size: e.sizeBytes, archive: c.kind === 'archive' });
-      }
+    const c = e.content;
+    // A small host file is read whole on the worker (isSmallHost, spelled out for the types).
+    if (this.small !== undefined && (c?.kind === 'host' || c?.kind === 'archive') && isSmallHost(e)) {
+      this.small.add({ path: c.hostPath, offset: c.kind === 'archive' ? c.offset : 0, size: e.sizeBytes, archive: c.kind === 'archive' });
     }
     this.queued.push(e);
     this.fill();

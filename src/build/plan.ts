@@ -15,7 +15,7 @@
  * - slow symlinks (targets over 59 bytes): one block;
  * - xattrs that do not fit in the inode's extra space: one block.
  */
-import type { BuildEntry } from './source.js';
+import { parentOf, type BuildEntry } from './source.js';
 
 const UTF8 = new TextEncoder();
 
@@ -93,7 +93,7 @@ export class NeedCounter {
   add(e: BuildEntry): void {
     const bs = this.bs;
     if (e.path !== '/') {
-      const parent = e.path.slice(0, Math.max(1, e.path.lastIndexOf('/')));
+      const parent = parentOf(e.path);
       // Close the directories whose subtree ended (creation order: the parent is open).
       while (this.dirs.length > 0 && this.dirs[this.dirs.length - 1]!.path !== parent) this.closeDir();
       const top = this.dirs[this.dirs.length - 1];

@@ -74,14 +74,8 @@ export class BufferCache {
     if (!Number.isSafeInteger(nr) || nr < 0 || nr >= this.blocksCount) {
       throw new Corrupt(what, `block number ${nr} outside the filesystem (${this.blocksCount} blocks)`);
     }
-    const held = this.held.get(nr);
-    if (held !== undefined) return held;
-    const hit = this.lru.get(nr);
-    if (hit !== undefined) {
-      this.lru.delete(nr);
-      this.lru.set(nr, hit);
-      return hit;
-    }
+    const hit = this.peek(nr);
+    if (hit !== undefined) return hit;
     const pending = this.inflight.get(nr);
     if (pending !== undefined) return pending;
     const p = this.load(nr);

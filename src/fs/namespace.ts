@@ -109,10 +109,7 @@ export class Namespace {
     if (name.length > NAME_MAX) throw new PosixError('ENAMETOOLONG', syscall, path);
     const dirPath = parentText(path);
     const gen = dcacheGeneration(this.s);
-    const memo = this.lastParent;
-    const dir = memo !== undefined && memo.path === dirPath && memo.generation === gen
-      ? await iget(this.s, memo.ino)
-      : await this.inode(dirPath, true, syscall);
+    const dir = await this.inode(dirPath, true, syscall);
     if (dir.type !== 'dir') throw new PosixError('ENOTDIR', syscall, path);
     this.lastParent = { path: dirPath, ino: dir.ino, generation: gen };
     return { dir, name };

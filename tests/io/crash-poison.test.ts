@@ -39,14 +39,7 @@ import { Ext4Super } from '../../src/fs/super.js';
 import { FileData } from '../../src/io/file-data.js';
 import { SimWorkQueue } from '../../src/runtime/work-queue.js';
 import { POISON, crashBaseImage, findPoison, runCrashSeed, type CrashCounters } from '../sim/crash-sim.js';
-
-function envInt(name: string, dflt: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return dflt;
-  const v = Number(raw);
-  if (!Number.isSafeInteger(v) || v < 0) throw new Error(`${name}=${raw}: not a non-negative integer`);
-  return v;
-}
+import { envInt } from '../helpers/env.js';
 
 const SEEDS = envInt('CRASH_SEEDS', 200);
 const FIRST = envInt('CRASH_FIRST', 1);

@@ -13,14 +13,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { KNOWN_BUGS, formatFailure, runDataSeed, type DataSeedResult } from '../sim/data-sim.js';
-
-function envInt(name: string, dflt: number): number {
-  const raw = process.env[name];
-  if (raw === undefined || raw === '') return dflt;
-  const v = Number(raw);
-  if (!Number.isSafeInteger(v) || v < 0) throw new Error(`${name}=${raw}: not a non-negative integer`);
-  return v;
-}
+import { envInt } from '../helpers/env.js';
 
 const SEEDS = envInt('DATA_SIM_SEEDS', 200);
 const FIRST = envInt('DATA_SIM_FIRST', 1);
