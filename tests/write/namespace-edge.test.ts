@@ -224,7 +224,7 @@ test('Ext4.mkfs on a MemDevice, then namespace operations on it, image clean for
   await ro.close();
 });
 
-test('memoised parent lookups: creating in a directory after it was renamed, removed and remade, or replaced by a symlink, goes where a fresh walk goes', async () => {
+test('memoised parent lookups: creating in a directory after it was renamed, removed and remade, or replaced by a symlink, goes where a fresh walk goes', async (t) => {
   const img = join(work, 'memo.img');
   execFileSync('mkfs.ext4', ['-q', '-F', img, '16M'], { stdio: 'pipe' });
   const fs = await Ext4.open(img, { readOnly: false });
@@ -258,5 +258,5 @@ test('memoised parent lookups: creating in a directory after it was renamed, rem
     const ro = await Ext4.open(img);
     assertSameView(kern, await describeExt4(ro));
     await ro.close();
-  }
+  } else t.diagnostic(`kernel comparison skipped: ${loop.reason}`);
 });
