@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4 } from '../../src/index.js';
 import { MemDevice } from '../../src/blockdev/mem-device.js';
+import { NoBarrierDevice } from '../../src/blockdev/no-barrier-device.js';
 import { canLoopMount } from '../helpers/fixtures.js';
 import { describeExt4, describeMount } from '../helpers/model-fs.js';
 
@@ -120,4 +121,78 @@ test('barrier: false flushes the device once, at close; the default flushes at e
   const b = await flushesOf(undefined);
   assert.ok(b.during >= 3, `${b.during} flushes with barriers (mount, commits, sync)`);
   await checkImage(t, b.dev, 'barrier');
+});
+
+/** A MemDevice whose flushes wait until released, to watch what overlaps them. */
+class SlowFlushDevice extends CountingDevice {
+  inFlight = 0;
+  most = 0;
+  closed = false;
+  failNext = false;
+  private waiting: Array<() => void> = [];
+  override async flush(): Promise<void> {
+    this.flushes++;
+    this.inFlight++;
+    this.most = Math.max(this.most, this.inFlight);
+    await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.inFlight--;
+    if (this.failNext) {
+      this.failNext = false;
+      throw new Error('EIO: flush failed');
+    }
+  }
+  release(): void {
+    for (const r of this.waiting.splice(0)) r();
+  }
+  override async close(): Promise<void> {
+    this.closed = true;
+  }
+}
+
+test('barrier: false writes behind: a background flush every writeBehindBytes, one at a time, awaited by close; its failure fails close', async () => {
+  const dev = new SlowFlushDevice(new Uint8Array(1 << 20));
+  const nb = new NoBarrierDevice(dev, { writeBehindBytes: 64 << 10 });
+  const block = new Uint8Array(16 << 10).fill(9);
+  for (let i = 0; i < 4; i++) await nb.write(i * block.length, block);
+  assert.equal(nb.backgroundFlushes, 1, 'a flush starts once 64 KiB were written');
+  assert.equal(dev.inFlight, 1);
+  // The next 64 KiB find the first flush still running: no second one piles up.
+  for (let i = 4; i < 8; i++) await nb.write(i * block.length, block);
+  assert.equal(nb.backgroundFlushes, 1, 'one background flush at a time');
+  assert.equal(await nb.flush(), undefined, 'flush() itself is still free');
+  dev.release();
+  await new Promise((r) => setImmediate(r));
+  for (let i = 8; i < 12; i++) await nb.write(i * block.length, block);
+  assert.equal(nb.backgroundFlushes, 2, 'the next 64 KiB start another');
+  // close waits for the background flush, then flushes once more, then closes the device.
+  const closing = nb.close();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(dev.closed, false, 'close waits for the background flush');
+  dev.release();
+  await new Promise((r) => setImmediate(r));
+  dev.release();
+  await closing;
+  assert.equal(dev.flushes, 3);
+  assert.equal(dev.most, 1, 'flushes never overlapped');
+  assert.ok(dev.closed);
+
+  // A failed background flush is the failure of close (once), and the device is still closed.
+  const bad = new SlowFlushDevice(new Uint8Array(1 << 20));
+  const nb2 = new NoBarrierDevice(bad, { writeBehindBytes: 16 << 10 });
+  bad.failNext = true;
+  await nb2.write(0, block);
+  assert.equal(nb2.backgroundFlushes, 1);
+  bad.release();
+  await new Promise((r) => setImmediate(r));
+  await assert.rejects(nb2.close(), /EIO: flush failed/);
+  assert.ok(bad.closed, 'the device is closed even though the flush failed');
+  assert.equal(bad.flushes, 1, 'no final flush after a failed one');
+
+  // writeBehindBytes 0: no background flushes at all.
+  const quiet = new CountingDevice(new Uint8Array(1 << 20));
+  const nb3 = new NoBarrierDevice(quiet, { writeBehindBytes: 0 });
+  for (let i = 0; i < 32; i++) await nb3.write(i * block.length, block);
+  assert.equal(quiet.flushes, 0);
+  await nb3.close();
+  assert.equal(quiet.flushes, 1);
 });
