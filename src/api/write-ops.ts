@@ -10,6 +10,7 @@ import { orphanCleanup } from '../fs/orphan.js';
 import type { Timespec } from '../format/inode.js';
 import { PosixError } from '../util/errors.js';
 import { encodeUtf8 } from '../util/bytes.js';
+import { Mutex } from '../runtime/mutex.js';
 
 /** A time for utimes: seconds (may be fractional), a Date, or an exact {sec, nsec}. */
 export type TimeArg = number | Date | Timespec;
@@ -35,7 +36,8 @@ export const DEFAULT_METADATA_DIRTY_BYTES = 32 << 20;
 
 export class WriteOps {
   readonly ns: Namespace;
-  private tail: Promise<unknown> = Promise.resolve();
+  /** One operation at a time; each one's end trims the inode cache and may commit (afterOp). */
+  private readonly queue = new Mutex('operation queue', () => this.afterOp());
   /** Owner of new inodes unless an operation says otherwise. */
   owner: Owner;
 
@@ -62,9 +64,7 @@ export class WriteOps {
 
   /** Runs `fn` after every earlier operation, one at a time. */
   run<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.tail.then(fn, fn);
-    this.tail = p.then(() => this.afterOp(), () => this.afterOp());
-    return p;
+    return this.queue.run(fn);
   }
 
   /**

@@ -18,6 +18,7 @@ import { assert } from '../util/assert.js';
 import { systemClock, type Clock, type ClockTime } from '../runtime/clock.js';
 import { setFreeBlocksCount, setSuperblockCsum, EXT4_VALID_FS } from '../format/superblock.js';
 import { setGroupDescCsum } from '../format/group-desc.js';
+import { Mutex } from '../runtime/mutex.js';
 
 /** Largest group count we accept: bounds the descriptor table we read at mount. */
 const MAX_GROUPS = 1 << 22;
@@ -253,11 +254,9 @@ export class Ext4Super {
    * written would otherwise be marked clean unwritten, or trip the commit's empty-cache check).
    */
   withMetaUpdate<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.metaTail.then(fn, fn);
-    this.metaTail = p.then(() => undefined, () => undefined);
-    return p;
+    return this.metaLock.run(fn);
   }
-  private metaTail: Promise<unknown> = Promise.resolve();
+  private readonly metaLock = new Mutex('metadata update lock');
 
   /**
    * Work a commit does first (upward calls registered by higher modules, STYLE §1), one-shot: a

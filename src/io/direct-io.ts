@@ -79,6 +79,7 @@ import { assert, Ext4Bug } from '../util/assert.js';
 import { Ext4Error, PosixError, isExt4Error } from '../util/errors.js';
 import { IoEnd, type IoRange } from './io-end.js';
 import type { FileData } from './file-data.js';
+import { Mutex } from '../runtime/mutex.js';
 
 /** Most bytes one read or write moves (Linux MAX_RW_COUNT: INT_MAX rounded down to a page). */
 export const MAX_RW_COUNT = 0x7fff_f000;
@@ -334,7 +335,7 @@ export class DirectIo {
   private nextId = 1;
   private inFlightTotal = 0;
   private drainWaiters: (() => void)[] = [];
-  private mutexTail: Promise<unknown> = Promise.resolve();
+  private readonly metaMutex = new Mutex('direct I/O metadata phase');
 
   constructor(readonly s: Ext4Super, readonly data: FileData, opts: DirectIoOptions = {}) {
     this.serialize = opts.serialize ?? ((fn) => this.mutex(fn));
@@ -920,8 +921,6 @@ export class DirectIo {
 
   /** The default `serialize`: one metadata phase at a time within this DirectIo. */
   private mutex<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.mutexTail.then(fn, fn);
-    this.mutexTail = p.then(() => undefined, () => undefined);
-    return p;
+    return this.metaMutex.run(fn);
   }
 }

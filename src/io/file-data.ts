@@ -62,6 +62,7 @@ import { endPageWrite, writePageBuffers } from '../cache/page-completion.js';
 import { Bio, BioBuilder, BIO_MAX_VECS, type BioStatus } from '../blockdev/bio.js';
 import { HostWorkQueue, type WorkQueue } from '../runtime/work-queue.js';
 import { InodeIo, IoEnd, type IoRange } from './io-end.js';
+import { Mutex } from '../runtime/mutex.js';
 import { assert } from '../util/assert.js';
 import { PosixError } from '../util/errors.js';
 import { pblk } from '../util/units.js';
@@ -123,10 +124,10 @@ class InodeData {
   sizeBytes: number;
   /** Buffers with Delay set (each holds one reserved block). */
   delayed = 0;
-  /** Extent-tree lock (i_data_sem): a promise chain. */
-  private treeTail: Promise<unknown> = Promise.resolve();
-  /** Inode lock (i_rwsem) for writers, truncate, fallocate and direct I/O: a promise chain. */
-  private lockTail: Promise<unknown> = Promise.resolve();
+  /** Extent-tree lock (i_data_sem). */
+  private readonly treeLock = new Mutex('i_data_sem');
+  /** Inode lock (i_rwsem) for writers, truncate, fallocate and direct I/O. */
+  private readonly inodeLock = new Mutex('i_rwsem');
   /** Direct I/O requests in flight (i_dio_count); truncate waits for zero (inode_dio_wait). */
   dioCount = 0;
   /** The extent tree was reshaped since the last commit, which repacks it (deferRepack). */
@@ -142,16 +143,12 @@ class InodeData {
 
   /** Runs `fn` holding the extent-tree lock. */
   withTree<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.treeTail.then(fn, fn);
-    this.treeTail = p.then(() => undefined, () => undefined);
-    return p;
+    return this.treeLock.run(fn);
   }
 
   /** Runs `fn` holding the inode lock. */
   withLock<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.lockTail.then(fn, fn);
-    this.lockTail = p.then(() => undefined, () => undefined);
-    return p;
+    return this.inodeLock.run(fn);
   }
 
   dioBegin(): void {

@@ -36,6 +36,7 @@ import {
 import { BadCrc, Corrupt, PosixError } from '../../util/errors.js';
 import { assert } from '../../util/assert.js';
 import * as bm from './bitmap.js';
+import { Mutex } from '../../runtime/mutex.js';
 
 /** Blocks in group `g`: s_blocks_per_group, fewer in the last group (num_clusters_in_group). */
 export function blocksInGroup(s: Ext4Super, g: number): number {
@@ -152,7 +153,7 @@ export class Balloc implements BlockAllocator {
   /** Data goal per flex group leader (goalForInode). */
   private readonly flexGoals = new Map<number, number>();
   /** Tail of the queue of exclusive sections. */
-  private lockTail: Promise<void> = Promise.resolve();
+  private readonly groupLock = new Mutex('allocator group lock');
 
   constructor(private readonly s: Ext4Super) {
     this.flexSize = flexSize(s);
@@ -176,18 +177,8 @@ export class Balloc implements BlockAllocator {
    * locks of the kernel, collapsed into one). Block and inode allocation both go through it;
    * `fn` must not call exclusive() itself.
    */
-  async exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const prev = this.lockTail;
-    let release: () => void = () => {};
-    this.lockTail = new Promise<void>((r) => {
-      release = r;
-    });
-    await prev;
-    try {
-      return await fn();
-    } finally {
-      release();
-    }
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.groupLock.run(fn);
   }
 
   /** ext4_mb_new_blocks, simplified: see BlockAllocator.allocBlocks and the module header. */
