@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4, PosixError } from '../../src/index.js';
 import { SuperBlock } from '../../src/format/superblock.js';
+import { DCACHE_MAX, dcacheSize, dcacheKnownAbsent } from '../../src/fs/dir/dcache.js';
 import { loadFixture, canLoopMount } from '../helpers/fixtures.js';
 import { describeExt4, describeMount, type Described } from '../helpers/model-fs.js';
 
@@ -259,4 +260,38 @@ test('memoised parent lookups: creating in a directory after it was renamed, rem
     assertSameView(kern, await describeExt4(ro));
     await ro.close();
   } else t.diagnostic(`kernel comparison skipped: ${loop.reason}`);
+});
+
+test('dentry cache: past DCACHE_MAX names the least recently used directories are forgotten; every name still resolves (from disk) and duplicates are still refused', async () => {
+  const img = join(work, 'dcache.img');
+  execFileSync('mkfs.ext4', ['-q', '-F', '-N', '80000', img, '160M'], { stdio: 'pipe' });
+  const fs = await Ext4.open(img, { readOnly: false });
+  const dirs = Math.ceil((DCACHE_MAX * 1.1) / 100);
+  // /hot gets a name after every directory: used all along, it must stay cached and complete.
+  await fs.mkdir('/hot');
+  let most = 0;
+  for (let d = 0; d < dirs; d++) {
+    await fs.mkdir(`/d${d}`);
+    for (let f = 0; f < 100; f++) await fs.mknod(`/d${d}/f${f}`, { mode: 0o644 });
+    await fs.mknod(`/hot/h${d}`, { mode: 0o644 });
+    most = Math.max(most, dcacheSize(fs.sup));
+  }
+  assert.ok(most <= DCACHE_MAX, `${most} names cached (bound ${DCACHE_MAX})`);
+  // Only the least recently used part went: the cache is still mostly full.
+  assert.ok(dcacheSize(fs.sup) >= DCACHE_MAX / 2, `${dcacheSize(fs.sup)} names cached after the overflow`);
+  const hot = (await fs.stat('/hot')).ino;
+  assert.equal(dcacheKnownAbsent(fs.sup, hot, new TextEncoder().encode('nope')), true, 'a directory in use stays complete');
+  // The directory being filled stays complete: a new name there is known absent without a scan.
+  const last = (await fs.stat(`/d${dirs - 1}`)).ino;
+  assert.equal(dcacheKnownAbsent(fs.sup, last, new TextEncoder().encode('nope')), true);
+  // The first directories were forgotten: their names come from disk, exactly.
+  const first = (await fs.stat('/d0')).ino;
+  assert.equal(dcacheKnownAbsent(fs.sup, first, new TextEncoder().encode('nope')), false, 'an evicted directory is no longer complete');
+  for (let f = 0; f < 100; f++) assert.equal((await fs.stat(`/d0/f${f}`)).isFile(), true);
+  await assert.rejects(fs.mknod('/d0/f7', { mode: 0o644 }), (e: unknown) => e instanceof PosixError && e.code === 'EEXIST');
+  await assert.rejects(fs.stat('/d0/f100'), (e: unknown) => e instanceof PosixError && e.code === 'ENOENT');
+  await fs.mknod('/d0/f100', { mode: 0o600 });
+  assert.equal((await fs.readdir('/d0')).length, 101);
+  await fs.close();
+  assertClean(img);
 });
