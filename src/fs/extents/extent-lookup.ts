@@ -11,13 +11,26 @@ import type { Mapping } from './extent-read.js';
 import { parseExtentNode, verifyExtentBlockCsum, extentNodeLookup, ExtentHeader } from '../../format/extent.js';
 import { Corrupt } from '../../util/errors.js';
 
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
 /** Maps [lblk, lblk + maxLen) to its first run, reading only the path to `lblk`. */
 export async function mapExtentPoint(s: Ext4Super, info: InodeInfo, lblk: number, maxLen: number): Promise<Mapping> {
   const ctx = { ino: info.ino, blocksCount: s.blocksCount, firstDataBlock: s.firstDataBlock };
   const root = info.iBlock;
   let depth = new ExtentHeader(root, 0).eh_depth;
-  // The root is at most 4 entries: validating it every time is cheap.
-  parseExtentNode(root, { ...ctx, block: undefined, expectDepth: depth });
+  // The root is validated once per content: i_block changes only when the tree does, and
+  // comparing 60 bytes costs less than parsing them on every lookup (a directory's blocks are
+  // mapped one by one for each entry added).
+  const seen = info.checkedExtentRoot;
+  if (seen === undefined || !sameBytes(seen, root)) {
+    parseExtentNode(root, { ...ctx, block: undefined, expectDepth: depth });
+    if (seen === undefined) info.checkedExtentRoot = root.slice();
+    else seen.set(root);
+  }
   let node: Uint8Array = root;
   let block: number | undefined;
   // Upper bound of the current subtree: the next index key above us.

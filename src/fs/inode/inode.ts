@@ -40,6 +40,7 @@ export class InodeInfo {
   ) {
     this.referenced = false;
     this.writeState = undefined;
+    this.checkedExtentRoot = undefined;
     if (fileTypeOfMode(view.i_mode) === undefined) {
       throw new Corrupt('inode', `invalid file type in i_mode 0o${view.i_mode.toString(8)}`, { ino });
     }
@@ -48,6 +49,8 @@ export class InodeInfo {
   referenced: boolean;
   /** writeInode's cache: where the record goes and its checksum pieces (fixed for the mount). */
   writeState: InodeWriteState | undefined;
+  /** A copy of i_block as an extent lookup last validated it (see extent-lookup.ts). */
+  checkedExtentRoot: Uint8Array | undefined;
   /** Size in bytes (live: the write path changes the record). */
   get size(): number { return inodeSizeBytes(this.view, this.largeDir); }
   get type(): FileType {
