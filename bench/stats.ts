@@ -3,6 +3,7 @@
  * a memory sampler, round-robin timing of several contenders, and the printed table plus one JSON
  * line per figure. Nothing here asserts a time.
  */
+import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
@@ -146,6 +147,16 @@ export interface Outcome {
  * each round) so a drift in the host (page cache, other load) spreads over all of them rather than
  * landing on one. A contender that fails or is not available stops being run.
  */
+/**
+ * Untimed, before every timed run: writes out whatever the previous step left dirty in the
+ * host's page cache (a generated workload, the last contender's image, a deleted file), so no
+ * run pays for another's writeback. Without it the first runs after generating 1 GiB of
+ * workload B took up to 1.5x their later times, raw writes included.
+ */
+function settle(): void {
+  spawnSync('sync', { stdio: 'ignore' });
+}
+
 export async function roundRobin(contenders: readonly Contender[], rounds: number, log: (s: string) => void): Promise<Outcome[]> {
   const out = contenders.map((c): Outcome => ({ name: c.name, status: c.skip ?? 'ok', samples: [] }));
   for (let r = 0; r < rounds; r++) {
@@ -159,6 +170,7 @@ export async function roundRobin(contenders: readonly Contender[], rounds: numbe
       await new Promise((r) => setImmediate(r));
       try {
         await c.prep?.();
+        settle();
         const s = await timeOnce(c.run);
         await c.check?.();
         o.samples.push(s);
