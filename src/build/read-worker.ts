@@ -40,11 +40,37 @@ interface WorkerInput {
   limitBytes: number;
 }
 
-/** Main to worker: the next jobs, numbered on from the last batch. */
+/**
+ * Main to worker: the next jobs, numbered on from the last batch, packed as one string of
+ * NUL-separated paths (NUL cannot occur in a path) and typed arrays: cloning an array of job
+ * objects cost the main thread ~5 us per file (postMessage was 3 % of a 20,000-file build).
+ */
 interface JobBatch {
-  jobs: ReadJob[];
+  paths: string;
+  offsets: Float64Array;
+  sizes: Float64Array;
+  archive: Uint8Array;
   /** The last message: close the archives kept open and exit. */
   end?: boolean;
+}
+
+function packJobs(jobs: readonly ReadJob[]): JobBatch {
+  const n = jobs.length;
+  const b: JobBatch = { paths: jobs.map((j) => j.path).join('\0'), offsets: new Float64Array(n), sizes: new Float64Array(n), archive: new Uint8Array(n) };
+  jobs.forEach((j, i) => {
+    b.offsets[i] = j.offset;
+    b.sizes[i] = j.size;
+    b.archive[i] = j.archive ? 1 : 0;
+  });
+  return b;
+}
+
+function unpackJobs(b: JobBatch): ReadJob[] {
+  if (b.sizes.length === 0) return [];
+  const paths = b.paths.split('\0');
+  assert(paths.length === b.sizes.length, () => `read worker: ${paths.length} paths for ${b.sizes.length} jobs`);
+  // OK to index: the arrays have one entry per path (asserted).
+  return paths.map((path, i) => ({ path, offset: b.offsets[i]!, size: b.sizes[i]!, archive: b.archive[i] === 1 }));
 }
 
 /** Worker to main: results of jobs first, first + 1, … */
@@ -114,10 +140,10 @@ export class SmallFileReader {
 
   private send(): void {
     if (this.unsent.length === 0) return;
-    const batch: JobBatch = { jobs: this.unsent };
+    const batch = packJobs(this.unsent);
     this.sent += this.unsent.length;
     this.unsent = [];
-    this.worker.postMessage(batch);
+    this.worker.postMessage(batch, [batch.offsets.buffer as ArrayBuffer, batch.sizes.buffer as ArrayBuffer, batch.archive.buffer as ArrayBuffer]);
   }
 
   /** The next job's bytes (jobs are taken in order, each once). */
@@ -156,7 +182,7 @@ export class SmallFileReader {
     this.closed = true;
     Atomics.store(this.pending, 1, 1);
     Atomics.notify(this.pending, 0);
-    const end: JobBatch = { jobs: [], end: true };
+    const end: JobBatch = { ...packJobs([]), end: true };
     this.worker.postMessage(end);
     // It sees the stop flag between two reads and before any wait: it exits promptly.
     await this.exited;
@@ -181,7 +207,7 @@ function workerMain(input: WorkerInput): void {
       parentPort?.close();
       return;
     }
-    for (const job of m.jobs) {
+    for (const job of unpackJobs(m)) {
       if (Atomics.load(pending, 1) !== 0) return;
       // Flow control: `pending` counts every byte read and not yet taken, this batch's
       // included. Over the limit, post what we have and sleep until half of it is free (take()
