@@ -17,20 +17,33 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * Validates the extent root in i_block (Corrupt on bad input) before a lookup or a change trusts
+ * it. Once per content: i_block changes only when the tree does, and comparing 60 bytes costs
+ * less than parsing them on every lookup (a directory's blocks are mapped one by one for each
+ * entry added, and every extent change checks the root first).
+ */
+export function checkExtentRoot(s: Ext4Super, info: InodeInfo): void {
+  const root = info.iBlock;
+  const seen = info.checkedExtentRoot;
+  if (seen !== undefined && sameBytes(seen, root)) return;
+  const depth = new ExtentHeader(root, 0).eh_depth;
+  const parsed = parseExtentNode(root, {
+    ino: info.ino, block: undefined, expectDepth: depth, blocksCount: s.blocksCount, firstDataBlock: s.firstDataBlock,
+  });
+  if (depth > 0 && parsed.indexes.length === 0) {
+    throw new Corrupt('extent header (inode root)', `depth ${depth} with no entries`, { ino: info.ino });
+  }
+  if (seen === undefined) info.checkedExtentRoot = root.slice();
+  else seen.set(root);
+}
+
 /** Maps [lblk, lblk + maxLen) to its first run, reading only the path to `lblk`. */
 export async function mapExtentPoint(s: Ext4Super, info: InodeInfo, lblk: number, maxLen: number): Promise<Mapping> {
   const ctx = { ino: info.ino, blocksCount: s.blocksCount, firstDataBlock: s.firstDataBlock };
   const root = info.iBlock;
   let depth = new ExtentHeader(root, 0).eh_depth;
-  // The root is validated once per content: i_block changes only when the tree does, and
-  // comparing 60 bytes costs less than parsing them on every lookup (a directory's blocks are
-  // mapped one by one for each entry added).
-  const seen = info.checkedExtentRoot;
-  if (seen === undefined || !sameBytes(seen, root)) {
-    parseExtentNode(root, { ...ctx, block: undefined, expectDepth: depth });
-    if (seen === undefined) info.checkedExtentRoot = root.slice();
-    else seen.set(root);
-  }
+  checkExtentRoot(s, info);
   let node: Uint8Array = root;
   let block: number | undefined;
   // Upper bound of the current subtree: the next index key above us.

@@ -49,6 +49,7 @@ import type { MetaBuffer } from '../../cache/buffer-cache.js';
 import type { BlockAllocator } from '../alloc/allocator.js';
 import { writeInode, addInodeBlocks, type InodeInfo } from '../inode/inode.js';
 import { readExtentTree } from './extent-read.js';
+import { checkExtentRoot } from './extent-lookup.js';
 import {
   ExtentNode, EXT4_EXT_ROOT_MAX, EXT4_EXT_MAGIC, EXT4_MAX_EXTENT_DEPTH, EXT_INIT_MAX_LEN,
   EXT_UNWRITTEN_MAX_LEN, extentNodeCapacity, parseExtentNode, verifyExtentBlockCsum,
@@ -465,15 +466,7 @@ export class ExtentTree {
   /** Validates the root in i_block before an operation trusts it (Corrupt on bad input). */
   private checkRoot(): void {
     assert(this.inode.hasExtents, () => `extent operation on inode ${this.inode.ino} without EXTENTS_FL`);
-    const root = this.inode.iBlock;
-    const depth = new ExtentNode(root).depth;
-    parseExtentNode(root, {
-      ino: this.inode.ino, block: undefined, expectDepth: depth,
-      blocksCount: this.s.blocksCount, firstDataBlock: this.s.firstDataBlock,
-    });
-    if (depth > 0 && new ExtentNode(root).entries === 0) {
-      throw new Corrupt('extent header (inode root)', `depth ${depth} with no entries`, { ino: this.inode.ino });
-    }
+    checkExtentRoot(this.s, this.inode);
   }
 
   private checkRec(e: ExtentRec): void {
