@@ -18,7 +18,6 @@ export class Mutex {
   private held = false;
   /** Callers waiting, in arrival order; each one starts its section when called. */
   private readonly waiters: (() => void)[] = [];
-  private waitersAt = 0;
 
   /**
    * @param name for assertion messages
@@ -60,19 +59,9 @@ export class Mutex {
 
   private release(): void {
     assert(this.held, () => `${this.name}: released while free`);
-    if (this.waitersAt < this.waiters.length) {
-      // OK to index: waitersAt < length.
-      const next = this.waiters[this.waitersAt++]!;
-      if (this.waitersAt > 1024 && this.waitersAt * 2 > this.waiters.length) {
-        this.waiters.splice(0, this.waitersAt);
-        this.waitersAt = 0;
-      }
-      // Handed over: the lock stays held.
-      next();
-      return;
-    }
-    this.waiters.length = 0;
-    this.waitersAt = 0;
-    this.held = false;
+    const next = this.waiters.shift();
+    // Handed over: the lock stays held.
+    if (next !== undefined) next();
+    else this.held = false;
   }
 }

@@ -53,9 +53,10 @@ import { FileData, type FallocateMode } from '../../src/io/file-data.js';
 import type { IoEnd, IoRange } from '../../src/io/io-end.js';
 import { FAULT_SITES, faults, type FaultSite } from '../../src/runtime/faults.js';
 import { seededPrng, type Prng } from '../../src/runtime/random.js';
-import { SimWorkQueue } from '../../src/runtime/work-queue.js';
+import { Mutex } from '../../src/runtime/mutex.js';
+import type { SimWorkQueue } from '../../src/runtime/work-queue.js';
 import { isExt4Error } from '../../src/util/errors.js';
-import { IoEndAudit, dataBioBlocks, errText, quiescenceViolation, rangesText } from './engine-checks.js';
+import { IoEndAudit, dataBioBlocks, errText, quiescenceViolation, rangesText, seedStreams } from './engine-checks.js';
 
 /** The old data of deleted files: every free block of a fresh image is filled with it. */
 export const POISON = new TextEncoder().encode('STALE!!\n');
@@ -475,13 +476,12 @@ class CrashSim {
   /** Byte ranges whose write failed during the current operation, forgotten again after it. */
   private failedRanges: { f: FileModel; from: number; to: number }[] = [];
   /** The mount-wide operation queue (the API's WriteOps.run), also DirectIo's `serialize`. */
-  private tail: Promise<unknown> = Promise.resolve();
+  private readonly queue = new Mutex('crash harness operation queue');
 
   constructor(readonly seed: number) {
     this.p = seededPrng(seed);
     this.cfg = pickConfig(this.p);
-    this.faultPrng = seededPrng(seed * 31 + 7);
-    this.wq = new SimWorkQueue(seed * 7 + 3, { jitterTicks: this.cfg.jitterTicks });
+    ({ faultPrng: this.faultPrng, wq: this.wq } = seedStreams(seed, this.cfg.jitterTicks));
     this.log.push(describeConfig(seed, this.cfg));
   }
 
@@ -513,9 +513,7 @@ class CrashSim {
 
   /** Runs `fn` after every earlier operation of the mount, one at a time (WriteOps.run). */
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    const p = this.tail.then(fn, fn);
-    this.tail = p.then(() => undefined, () => undefined);
-    return p;
+    return this.queue.run(fn);
   }
 
   // ---- the run ------------------------------------------------------------------------------

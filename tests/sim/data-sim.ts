@@ -54,9 +54,9 @@ import { FileData, type FallocateMode } from '../../src/io/file-data.js';
 import type { IoEnd, IoRange } from '../../src/io/io-end.js';
 import { faults, type FaultSite } from '../../src/runtime/faults.js';
 import { seededPrng, type Prng } from '../../src/runtime/random.js';
-import { SimWorkQueue } from '../../src/runtime/work-queue.js';
+import type { SimWorkQueue } from '../../src/runtime/work-queue.js';
 import { PosixError } from '../../src/util/errors.js';
-import { IoEndAudit, dataBioBlocks, errText, quiescenceViolation, rangesText } from './engine-checks.js';
+import { IoEndAudit, dataBioBlocks, errText, quiescenceViolation, rangesText, seedStreams } from './engine-checks.js';
 
 // ---------------------------------------------------------------------------------------------
 // ByteModel: a file's bytes where a byte may allow one of two values
@@ -515,8 +515,7 @@ class DataSim {
   constructor(readonly seed: number, private readonly opts: DataSeedOptions) {
     this.p = seededPrng(seed);
     this.cfg = pickConfig(this.p, opts.faults ?? true);
-    this.faultPrng = seededPrng(seed * 31 + 7);
-    this.wq = new SimWorkQueue(seed * 7 + 3, { jitterTicks: this.cfg.jitterTicks });
+    ({ faultPrng: this.faultPrng, wq: this.wq } = seedStreams(seed, this.cfg.jitterTicks));
     this.log.push(describeConfig(seed, this.cfg));
   }
 

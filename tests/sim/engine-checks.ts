@@ -10,6 +10,16 @@ import { PG } from '../../src/cache/page.js';
 import type { InodeInfo } from '../../src/fs/inode/inode.js';
 import type { FileData } from '../../src/io/file-data.js';
 import type { InodeIo, IoEnd, IoRange } from '../../src/io/io-end.js';
+import { seededPrng, type Prng } from '../../src/runtime/random.js';
+import { SimWorkQueue } from '../../src/runtime/work-queue.js';
+
+/**
+ * The seeded streams of one simulator run besides its workload's: fault decisions and
+ * completion order, derived from the seed the same way in every simulator so a seed replays.
+ */
+export function seedStreams(seed: number, jitterTicks: number): { faultPrng: Prng; wq: SimWorkQueue } {
+  return { faultPrng: seededPrng(seed * 31 + 7), wq: new SimWorkQueue(seed * 7 + 3, { jitterTicks }) };
+}
 
 /** A file the checks look at. */
 export interface CheckedFile {

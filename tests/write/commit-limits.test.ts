@@ -7,7 +7,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4 } from '../../src/index.js';
@@ -39,8 +39,11 @@ function assertClean(img: string): void {
   assert.equal(r.status, 0, r.stdout + r.stderr);
 }
 
-/** The image through e2fsck, and through the kernel against our own reading where loop mounts work. */
-async function checkImage(t: TestContext, dev: MemDevice, name: string): Promise<void> {
+/**
+ * The image through e2fsck, and through the kernel against our own reading where loop mounts
+ * work; `onMount` checks more through the kernel's mount (file contents).
+ */
+async function checkImage(t: TestContext, dev: MemDevice, name: string, onMount?: (mnt: string) => void): Promise<void> {
   const img = join(work, `${name}.img`);
   writeFileSync(img, dev.data);
   assertClean(img);
@@ -53,6 +56,7 @@ async function checkImage(t: TestContext, dev: MemDevice, name: string): Promise
   execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
   try {
     const kern = describeMount(mnt);
+    onMount?.(mnt);
     const ro = await Ext4.open(img);
     try {
       assert.deepEqual(await describeExt4(ro), kern);
@@ -195,4 +199,34 @@ test('barrier: false writes behind: a background flush every writeBehindBytes, o
   assert.equal(quiet.flushes, 0);
   await nb3.close();
   assert.equal(quiet.flushes, 1);
+});
+
+test('barrier: false writes behind on a real mount: background flushes while 48 MiB are written, image clean and kernel-identical', async (t) => {
+  const dev = new CountingDevice(new Uint8Array(96 << 20));
+  await Ext4.mkfs(dev, { sizeBytes: 96 << 20, blockSize: 4096 });
+  const fs = await Ext4.open(dev, { readOnly: false, barrier: false });
+  const at0 = dev.flushes;
+  const chunk = new Uint8Array(1 << 20);
+  const fh = await fs.open('/big', 'wx', { mode: 0o600 });
+  for (let i = 0; i < 48; i++) {
+    chunk.fill(i + 1);
+    await fh.write(chunk, 0, chunk.length, i * chunk.length);
+  }
+  await fh.close();
+  await fill(fs);
+  await fs.sync();
+  // barrier: false makes commits flush nothing: every flush so far is a write-behind one.
+  const behind = dev.flushes - at0;
+  assert.ok(behind >= 1, `${behind} background flushes while 48 MiB went to the device`);
+  await fs.close();
+  assert.equal(dev.flushes - at0, behind + 1, 'one more flush, at close');
+  await checkImage(t, dev, 'writebehind', (mnt) => {
+    // The kernel reads back every byte written while the background flushes ran.
+    const big = readFileSync(join(mnt, 'big'));
+    assert.equal(big.length, 48 << 20);
+    for (let i = 0; i < 48; i++) {
+      const part = big.subarray(i << 20, (i + 1) << 20);
+      assert.ok(part.every((b) => b === i + 1), `MiB ${i} of /big through the kernel`);
+    }
+  });
 });
