@@ -70,6 +70,11 @@ export interface BuildOptions {
   reproducible?: boolean | undefined;
   /** Environment to read SOURCE_DATE_EPOCH from (default process.env). */
   env?: Record<string, string | undefined> | undefined;
+  /**
+   * Copy extended attributes (default true): a tar's PAX records, a manifest's lists, and a host
+   * directory's attributes as getfattr (package attr) reads them. false: the image gets none.
+   */
+  xattrs?: boolean | undefined;
   /** Called as the build advances (often: throttle any rendering). */
   onProgress?: ((p: BuildProgress) => void) | undefined;
   /** Files whose content is read ahead of the one being written (default 8). */
@@ -195,7 +200,7 @@ class Builder {
       throw new PosixError('EINVAL', 'build', o.image, 'the image must be a regular file (builds write a new file and rename it into place)');
     }
     this.report('scan');
-    const source = await openSource(o.source, o.memoryBytes, o.keepEntries);
+    const source = await openSource(o.source, { memoryBytes: o.memoryBytes, keepEntries: o.keepEntries, xattrs: o.xattrs });
     const plan = this.planWalk(source);
     const reproducible = this.setClock(plan);
     this.progress.entriesTotal = plan.entries;
@@ -276,7 +281,8 @@ class Builder {
 
   /**
    * --all-root, --uid-map/--gid-map, then --root-owner for "/" (`isRoot`: the walk's first
-   * entry). A copy when anything changes: sources hand out their entries, not ours to change.
+   * entry); --no-xattrs empties the entry's list. A copy when anything changes: sources hand
+   * out their entries, not ours to change.
    */
   private mapOwners(e: BuildEntry, isRoot: boolean): BuildEntry {
     const o = this.opts;
@@ -288,7 +294,9 @@ class Builder {
       uid = o.rootOwner.uid;
       gid = o.rootOwner.gid;
     }
-    return uid === e.uid && gid === e.gid ? e : { ...e, uid, gid };
+    const dropXattrs = o.xattrs === false && e.xattrs.length > 0;
+    if (uid === e.uid && gid === e.gid && !dropXattrs) return e;
+    return { ...e, uid, gid, ...(dropXattrs ? { xattrs: [] } : {}) };
   }
 
   /** An entry as the second walk writes it: owners mapped, times clamped to a reproducible clock. */

@@ -58,12 +58,23 @@ export async function detectSource(path: string): Promise<SourceKind> {
   throw badEntry(path, 'not a directory, a tar archive (plain or gzip) or a JSON manifest');
 }
 
-/** Detects and scans a source (`memoryBytes`: see scanTar; `keepEntries`: see scanDirectory). */
-export async function openSource(path: string, memoryBytes?: number, keepEntries?: number): Promise<Source> {
+/** How openSource reads a source. */
+export interface OpenSourceOptions {
+  /** See scanTar. */
+  memoryBytes?: number | undefined;
+  /** See scanDirectory. */
+  keepEntries?: number | undefined;
+  /** Read a directory's extended attributes (default true; see scanDirectory). */
+  xattrs?: boolean | undefined;
+}
+
+/** Detects and scans a source. */
+export async function openSource(path: string, opts: OpenSourceOptions = {}): Promise<Source> {
+  const { memoryBytes, keepEntries, xattrs } = opts;
   const kind = await detectSource(path);
   switch (kind) {
     case 'dir':
-      return scanDirectory(path, keepEntries);
+      return scanDirectory(path, keepEntries, xattrs);
     case 'tar':
       return scanTar(path, 'none');
     case 'tar.gz':

@@ -10,14 +10,15 @@
  * - Hard links: non-directories with st_nlink > 1 are grouped by (st_dev, st_ino); links whose
  *   other names lie outside the tree simply have fewer names in the image.
  * - Sparse files: st_blocks * 512 < st_size marks a file sparse; its all-zero blocks become holes.
- * - Extended attributes are NOT read: Node has no xattr API, and reading them would need a native
- *   addon. A tar made with `tar --xattrs` or a manifest carries them instead; the builder says so
- *   in its warnings.
+ * - Extended attributes (user, trusted, security and POSIX ACLs) are read once for the whole
+ *   tree by getfattr (host-xattrs.ts: Node has no xattr API); without getfattr installed they
+ *   are not copied and the builder says so in its warnings. `xattrs: false` skips them.
  * - Names must be valid UTF-8 (the engine's API takes string paths); others are refused by name.
  */
 import { readdirSync, lstatSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
-import { badEntry, symlinkTarget, type BuildEntry, type EntryKind, type Source, type Timespec } from './source.js';
+import { badEntry, symlinkTarget, type BuildEntry, type EntryKind, type Source, type Timespec, type Xattr } from './source.js';
+import { readHostXattrs } from './host-xattrs.js';
 
 const S_IFMT = 0o170000n;
 const KIND_OF_FMT: ReadonlyMap<bigint, EntryKind> = new Map([
@@ -64,18 +65,19 @@ function namesOf(hostDir: string): string[] {
 }
 
 /** One host entry as a BuildEntry (content is referenced, not read). */
-function entryOf(hostPath: string, path: string, st: BigIntStats, links: Map<string, string>): BuildEntry {
+function entryOf(hostPath: string, path: string, st: BigIntStats, links: Map<string, string>, xattrs: readonly Xattr[]): BuildEntry {
   const kind = KIND_OF_FMT.get(st.mode & S_IFMT);
   if (kind === undefined) throw badEntry(hostPath, `unknown file type 0o${st.mode.toString(8)}`);
   const e: BuildEntry = {
     path, kind, perm: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid),
-    atime: timespecOfNs(st.atimeNs), mtime: timespecOfNs(st.mtimeNs), xattrs: [], sizeBytes: 0, allocBytes: 0,
+    atime: timespecOfNs(st.atimeNs), mtime: timespecOfNs(st.mtimeNs), xattrs: [...xattrs], sizeBytes: 0, allocBytes: 0,
     origin: hostPath,
   };
   if (kind !== 'dir' && st.nlink > 1n) {
     const key = `${st.dev}:${st.ino}`;
     const first = links.get(key);
-    if (first !== undefined) return { ...e, kind: 'hardlink', linkTo: first };
+    // A further name of an inode: its attributes came with the first.
+    if (first !== undefined) return { ...e, kind: 'hardlink', linkTo: first, xattrs: [] };
     links.set(key, path);
   }
   if (kind === 'file') {
@@ -99,7 +101,7 @@ function entryOf(hostPath: string, path: string, st: BigIntStats, links: Map<str
  * first, and the first name of a hard-link group is its smallest path, so it carries the inode.
  * Only the hard-link groups (device and inode → first path) are remembered during a walk.
  */
-export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES): Source {
+export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES, xattrs = true): Source {
   // Fail now, at open, if the root is unreadable.
   lstatSync(root, { bigint: true });
   // Reading a directory (readdir) or a symlink (readlink) moves its atime on the host, so a
@@ -111,15 +113,40 @@ export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES): Source 
   // (a second walk costs ~30 us per entry); a larger one is walked again, so memory stays bounded.
   let kept: BuildEntry[] | undefined;
   let walks = 0;
+  const warnings: string[] = [];
+  let xattrsOf = (_path: string): readonly Xattr[] => [];
+  if (xattrs) {
+    // getfattr reads every directory too: the first walk runs before it, so that it records the
+    // atimes the tree had, and the walks the builder makes are later ones.
+    let list: BuildEntry[] | undefined = keepEntries > 0 ? [] : undefined;
+    for (const e of walkTree(root, atimes, false, xattrsOf)) {
+      if (list !== undefined && list.length < keepEntries) list.push(e);
+      else list = undefined;
+    }
+    kept = list;
+    walks = 1;
+    const host = readHostXattrs(root);
+    if (host === undefined) {
+      warnings.push('extended attributes of a directory source are not copied: getfattr (Debian package attr) is not installed');
+    } else {
+      if (host.skipped.first !== undefined) {
+        const f = host.skipped.first;
+        warnings.push(`${host.skipped.count} extended attribute(s) not copied: ext4 has no handler for names like ${f.name} (at ${f.path})`);
+      }
+      xattrsOf = (path: string): readonly Xattr[] => host.byPath.get(path) ?? [];
+      // A further name of an inode (a hard link) carries nothing: the attributes came with the first.
+      for (const e of kept ?? []) if (e.kind !== 'hardlink') e.xattrs = [...xattrsOf(e.path)];
+    }
+  }
   return {
     kind: 'dir',
     walk: () => {
-      if (walks++ === 0) return keepWhile(walkTree(root, atimes, false), keepEntries, (list) => {
+      if (walks++ === 0) return keepWhile(walkTree(root, atimes, false, xattrsOf), keepEntries, (list) => {
         kept = list;
       });
-      return kept ?? walkTree(root, atimes, true);
+      return kept ?? walkTree(root, atimes, true, xattrsOf);
     },
-    warnings: ['extended attributes of a directory source are not copied (Node.js has no xattr API); a tar made with --xattrs or a manifest carries them'],
+    warnings,
   };
 }
 
@@ -139,7 +166,7 @@ function* keepWhile(walk: Iterable<BuildEntry>, max: number, done: (list: BuildE
   if (list !== undefined) done(list);
 }
 
-function* walkTree(root: string, atimes: number[], replay: boolean): Generator<BuildEntry> {
+function* walkTree(root: string, atimes: number[], replay: boolean, xattrsOf: (path: string) => readonly Xattr[]): Generator<BuildEntry> {
   const links = new Map<string, string>();
   let k = 0;
   /** Records (first walk) or restores (later walks) the atime of a directory or symlink. */
@@ -150,7 +177,7 @@ function* walkTree(root: string, atimes: number[], replay: boolean): Generator<B
     else if (k + 1 < atimes.length) e.atime = { sec: atimes[k]!, nsec: atimes[k + 1]! };
     k += 2;
   };
-  const rootEntry = entryOf(root, '/', lstatHost(root), links);
+  const rootEntry = entryOf(root, '/', lstatHost(root), links, xattrsOf('/'));
   if (rootEntry.kind !== 'dir') throw badEntry(root, 'the source is not a directory');
   keepAtime(rootEntry);
   yield rootEntry;
@@ -167,7 +194,7 @@ function* walkTree(root: string, atimes: number[], replay: boolean): Generator<B
     const name = dir.names[dir.at++]!;
     const host = join(dir.host, name);
     const path = `${dir.path}/${name}`;
-    const e = entryOf(host, path, lstatHost(host), links);
+    const e = entryOf(host, path, lstatHost(host), links, xattrsOf(path));
     keepAtime(e);
     yield e;
     if (e.kind === 'dir') stack.push({ host, path, names: sortedNames(host), at: 0 });

@@ -38,6 +38,8 @@ interface MkfsCliOptions {
   gidMap?: string;
   margin?: string;
   reproducible?: boolean;
+  /** false with --no-xattrs. */
+  xattrs: boolean;
 }
 
 function usage(detail: string): PosixError {
@@ -161,7 +163,7 @@ function buildOptions(image: string, size: string | undefined, o: MkfsCliOptions
   return {
     source: o.rootDirectory!, image, sizeBytes, inodesCount, marginPercent: margin, mkfs: mkfsOpts,
     rootOwner: rootOwnerOpt(o.rootOwner) ?? rootOwner, allRoot: o.allRoot, uidMap: idMap(o.uidMap, '--uid-map'),
-    gidMap: idMap(o.gidMap, '--gid-map'), reproducible: o.reproducible,
+    gidMap: idMap(o.gidMap, '--gid-map'), reproducible: o.reproducible, xattrs: o.xattrs,
   };
 }
 
@@ -254,12 +256,14 @@ export function registerMkfs(program: Command): void {
     .option('--uid-map <from:to,...>', 'with -d: translate uids')
     .option('--gid-map <from:to,...>', 'with -d: translate gids')
     .option('--margin <percent>', 'with -d and no SIZE: free space over the content, in percent (default 10)')
+    .option('--no-xattrs', 'with -d: copy no extended attributes (a directory\'s are read with getfattr)')
     .option('--reproducible', 'with -d: fixed clock, UUID derived from the content, times clamped (default when SOURCE_DATE_EPOCH is set)')
     .action(async (image: string, size: string | undefined, o: MkfsCliOptions) => {
       if (o.rootDirectory !== undefined) return runBuild(image, size, o);
       for (const [flag, v] of [['--root-owner', o.rootOwner], ['--all-root', o.allRoot], ['--uid-map', o.uidMap], ['--gid-map', o.gidMap], ['--margin', o.margin], ['--reproducible', o.reproducible]] as const) {
         if (v !== undefined) throw usage(`${flag} needs -d SRC`);
       }
+      if (!o.xattrs) throw usage('--no-xattrs needs -d SRC');
       const r = await mkfs(image, toOptions(o, size));
       for (const w of r.warnings) process.stderr.write(`ext4ts: warning: ${w}\n`);
       if (o.json) process.stdout.write(JSON.stringify(r) + '\n');

@@ -1,7 +1,7 @@
 /**
  * The builder's pure helpers on hand-made input: path normalization and order, PAX decimal
  * times, hard-link grouping (the smallest name carries the inode), raw PAX records, hole
- * detection, and the size plan.
+ * detection, the size plan, and getfattr dumps.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,6 +12,7 @@ import { parsePaxRecords } from '../../src/build/tar-source.js';
 import { scanSparse } from '../../src/build/content.js';
 import { contentNeed, planSize } from '../../src/build/plan.js';
 import { timespecOfNs, splitRdev } from '../../src/build/dir-source.js';
+import { parseGetfattrDump, ext4StoresXattr } from '../../src/build/host-xattrs.js';
 import { paxTime } from './helpers.js';
 
 test('normalizePath: relative tar names and absolute manifest paths; ".." and absolute members refused', () => {
@@ -107,4 +108,23 @@ test('planSize: room for the content plus margin, inodes for every entry, whole 
   assert.equal(p.sizeBytes % (1 << 20), 0);
   assert.ok(p.sizeBytes > need.blocks * 4096 * 1.1 && p.sizeBytes < need.blocks * 4096 * 1.3 + (16 << 20), `${p.sizeBytes}`);
   assert.ok(p.inodesCount >= 303 * 1.1);
+});
+
+test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty values, sorted names; non-UTF-8 paths left out', () => {
+  const enc = new TextEncoder();
+  const dump = new Uint8Array([
+    ...enc.encode('# file: /src/we=ird\\012name\\134\nuser.z=0sMQ==\nuser.a\\075b=0x00ff0a\n\n'),
+    ...enc.encode('# file: /src\nsecurity.selinux="system_u\\000x"\nuser.empty=0s\nuser.bare\n\n'),
+    ...enc.encode('# file: /src/bad'), 0xff, ...enc.encode('\nuser.x=0s\n\n'),
+    ...enc.encode('# file: /src/ünï\ntrusted.t=0sdHY='),
+  ]);
+  const m = parseGetfattrDump(dump);
+  assert.deepEqual([...m.keys()], ['/src/we=ird\nname\\', '/src', '/src/ünï']);
+  const hex = (p: string): [string, string][] => m.get(p)!.map((x) => [x.name, Buffer.from(x.value).toString('hex')]);
+  assert.deepEqual(hex('/src/we=ird\nname\\'), [['user.a=b', '00ff0a'], ['user.z', '31']]);
+  assert.deepEqual(hex('/src'), [['security.selinux', Buffer.from('system_u\0x').toString('hex')], ['user.bare', ''], ['user.empty', '']]);
+  assert.deepEqual(hex('/src/ünï'), [['trusted.t', '7476']]);
+  assert.throws(() => parseGetfattrDump(enc.encode('# file: /a\nuser.x=0q12\n')), /cannot decode/);
+  assert.equal(ext4StoresXattr('system.posix_acl_default'), true);
+  assert.equal(ext4StoresXattr('system.nfs4_acl'), false);
 });

@@ -408,15 +408,17 @@ function getfattrDump(mnt: string): Map<string, Record<string, string>> {
   const r = spawnSync('getfattr', ['-R', '-h', '-d', '-m', '-', '-e', 'hex', '--absolute-names', mnt], { encoding: 'utf8', maxBuffer: 1 << 26 });
   const out = new Map<string, Record<string, string>>();
   let cur: Record<string, string> | undefined;
+  // getfattr escapes \\, CR and LF in paths, and "=" in names, as \\ooo octal.
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8)));
   for (const line of (r.stdout ?? '').split('\n')) {
     const f = /^# file: (.*)$/.exec(line);
     if (f) {
       cur = {};
-      out.set(f[1]!.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))), cur);
+      out.set(unescape(f[1]!), cur);
       continue;
     }
     const kv = /^([^=]+)=0x([0-9a-f]*)$/.exec(line);
-    if (kv && cur) cur[kv[1]!] = kv[2]!;
+    if (kv && cur) cur[unescape(kv[1]!)] = kv[2]!;
   }
   for (const [k, v] of out) out.set(Buffer.from(k, 'latin1').toString('utf8'), Object.fromEntries(Object.entries(v).sort()));
   return out;
