@@ -24,7 +24,8 @@
  *    temporary file is removed, so no half-built image is ever left under IMAGE's name.
  *
  * Reproducible builds (SOURCE_DATE_EPOCH set, or `reproducible`): the clock of mkfs and of the
- * mount is fixed at SOURCE_DATE_EPOCH (or, without it, at the newest mtime in the source); atimes
+ * mount is fixed at SOURCE_DATE_EPOCH (or, without it, at the newest mtime in the source that is
+ * not in the future); atimes
  * and mtimes later than that are clamped to it; the UUID is derived from a hash of the epoch, the
  * label and the entries in creation order (paths, types, modes, owners, sizes, times, link
  * targets; UuidHasher), and mkfs derives the hash seed from the UUID. Two builds of the same content are byte-identical.
@@ -250,6 +251,8 @@ class Builder {
     const o = this.opts;
     // A reproducible build's UUID hashes times as they will be written (clamped to the epoch).
     const sdeEpoch = clockFromSourceDateEpoch(o.env ?? process.env)?.now().sec;
+    // Mtimes in the future do not count for the default epoch (see setClock).
+    const nowSec = systemClock.now().sec;
     const auto = o.sizeBytes === undefined;
     const bs = o.mkfs?.blockSize ?? (auto ? 4096 : undefined);
     // Without a block size, mkfs picks one from the size: count for every size it may pick.
@@ -272,7 +275,8 @@ class Builder {
         plan.bytes += contentLength(e);
         if (isSmallHost(e)) plan.smallFiles++;
       }
-      if (e.mtime !== undefined && (plan.newestMtime === undefined || e.mtime.sec > plan.newestMtime)) plan.newestMtime = e.mtime.sec;
+      const m = e.mtime?.sec;
+      if (m !== undefined && m <= nowSec && (plan.newestMtime === undefined || m > plan.newestMtime)) plan.newestMtime = m;
       for (const c of plan.need.values()) c.add(e);
       plan.uuid.add(e, sdeEpoch);
     }
@@ -313,7 +317,9 @@ class Builder {
   }
 
   /**
-   * Picks the clock: fixed for reproducible builds (SOURCE_DATE_EPOCH, else the newest mtime),
+   * Picks the clock: fixed for reproducible builds (SOURCE_DATE_EPOCH, else the newest mtime
+   * that is not in the future: a clock in the future would date the superblock's mount and write
+   * times there, which e2fsck reports as an error; later mtimes are then clamped like any other),
    * atimes and mtimes later than it then clamped to it (prepare); the system clock otherwise.
    * Returns `reproducible`.
    */
@@ -625,8 +631,9 @@ export class UuidHasher {
 
   /**
    * `epoch`: the clamp, when known before the walk (SOURCE_DATE_EPOCH). Without it the epoch is
-   * the newest mtime, which no mtime passes; atimes are then left out (reading the source moves
-   * them, and the clamp they will get is not known yet).
+   * the newest mtime not in the future, known only after the walk: mtimes are hashed as the
+   * source has them (the clamp follows from them), and atimes are left out (reading the source
+   * moves them, and the clamp they will get is not known yet).
    */
   add(e: BuildEntry, epoch: number | undefined): void {
     const h = this.h;
@@ -674,6 +681,7 @@ interface Plan {
   kinds: Record<BuildEntry['kind'], number>;
   /** The content's need, counted at each block size mkfs may pick. */
   need: Map<number, NeedCounter>;
+  /** The newest mtime that is not in the future (seconds). */
   newestMtime: number | undefined;
   /** The root's owner, mapped. */
   root: { uid: number; gid: number };

@@ -67,10 +67,12 @@ test('build: SOURCE_DATE_EPOCH gives byte-identical images (manifest, tar.gz); w
   for (const n of ['r1.img', 'r2.img', 'n1.img', 'n2.img']) rmSync(join(work, n));
 });
 
-test('build: --reproducible without SOURCE_DATE_EPOCH fixes the clock at the newest mtime', async () => {
+test('build: --reproducible without SOURCE_DATE_EPOCH fixes the clock at the newest mtime not in the future', async () => {
   const a = await build({ source: manifest, image: join(work, 'p1.img'), env: {}, reproducible: true });
   const b = await build({ source: manifest, image: join(work, 'p2.img'), env: {}, reproducible: true });
-  assert.equal(a.epoch, Math.max(...small.map((e) => e.mtime.sec)));
+  const nowSec = Math.floor(Date.now() / 1000);
+  assert.ok(small.some((e) => e.mtime.sec > nowSec), 'the spec has mtimes in the future');
+  assert.equal(a.epoch, Math.max(...small.map((e) => e.mtime.sec).filter((t) => t <= nowSec)));
   assert.equal(sha(join(work, 'p1.img')), sha(join(work, 'p2.img')));
   rmSync(join(work, 'p1.img'));
   rmSync(join(work, 'p2.img'));
@@ -317,4 +319,31 @@ test('verifyImage canary: a wrong mode, time, xattr or missing entry is reported
   }
   assert.ok(statSync(img).size > 0);
   rmSync(img);
+});
+
+test('build: --reproducible without SOURCE_DATE_EPOCH ignores mtimes in the future for its clock (e2fsck would call the superblock times wrong) and clamps them', async () => {
+  const dir = join(work, 'future');
+  mkdirSync(dir);
+  const m = join(dir, 'm.json');
+  const later = Math.floor(new Date('2200-01-01T00:00:00Z').getTime() / 1000);
+  writeFileSync(m, JSON.stringify({ entries: [
+    { path: '/old', type: 'file', content: 'a', mtime: { sec: 1_000_000_000, nsec: 0 } },
+    { path: '/newest-past', type: 'file', content: 'b', mtime: { sec: 1_500_000_000, nsec: 7 } },
+    { path: '/future', type: 'file', content: 'c', mtime: { sec: later, nsec: 0 } },
+  ] }));
+  const img = join(dir, 'f.img');
+  const a = await build({ source: m, image: img, env: {}, reproducible: true });
+  assert.equal(a.epoch, 1_500_000_000);
+  assertFsckClean(img);
+  const fs = await Ext4.open(img);
+  try {
+    assert.deepEqual((await fs.lstat('/future')).mtimeSpec, { sec: 1_500_000_000, nsec: 0 });
+    assert.deepEqual((await fs.lstat('/old')).mtimeSpec, { sec: 1_000_000_000, nsec: 0 });
+    assert.equal(fs.info().mkfsTime, 1_500_000_000);
+  } finally {
+    await fs.close();
+  }
+  const b = await build({ source: m, image: join(dir, 'g.img'), env: {}, reproducible: true });
+  assert.equal(b.uuid, a.uuid);
+  assert.equal(sha(img), sha(join(dir, 'g.img')));
 });
