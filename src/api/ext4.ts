@@ -11,8 +11,7 @@ import { iterateDir, type DirEntry } from '../fs/dir/dir.js';
 import { resolvePath, readSymlink, isFastSymlink } from '../fs/namei.js';
 import { FileMap, readMappedRange } from '../fs/inode/file-map.js';
 import { inlineBytes } from '../fs/inode/inline.js';
-import { readXattrs } from '../fs/xattr/xattr-read.js';
-import { encodePosixAclXattr, parseExt4Acl } from '../format/xattr.js';
+import { readXattrs, readVisibleXattrs } from '../fs/xattr/xattr-read.js';
 import { listIndirectBlocks } from '../fs/inode/block-map.js';
 import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
@@ -317,9 +316,9 @@ export class Ext4 {
   /** getxattr(): the value of one extended attribute, ENODATA if absent. */
   async getxattr(path: string, name: string): Promise<Uint8Array> {
     const info = await resolvePath(this.sup, path, false, 'getxattr');
-    const e = (await readXattrs(this.sup, info)).find((x) => x.name === name);
+    const e = (await readVisibleXattrs(this.sup, info)).find((x) => x.name === name);
     if (e === undefined) throw new PosixError('ENODATA', 'getxattr', path);
-    return userXattrValue(e.name, e.value, info.ino);
+    return e.value;
   }
 
   /** listxattr(): names of all extended attributes (the inline-data carrier excluded). */
@@ -330,10 +329,7 @@ export class Ext4 {
 
   /** All xattrs of an inode with values. */
   async xattrsOfIno(ino: number): Promise<{ name: string; value: Uint8Array }[]> {
-    const info = await readInode(this.sup, ino);
-    return (await readXattrs(this.sup, info))
-      .filter((x) => x.name !== 'system.data')
-      .map((x) => ({ name: x.name, value: userXattrValue(x.name, x.value, ino) }));
+    return readVisibleXattrs(this.sup, await readInode(this.sup, ino));
   }
 
   /**
@@ -605,17 +601,6 @@ export class Ext4 {
   errCursor(info: InodeInfo): ErrCursor | undefined {
     return this.data !== undefined && info.type === 'file' ? this.data.openErrCursor(info) : undefined;
   }
-}
-
-/**
- * What getxattr(2) returns for a stored value: POSIX ACLs are kept on disk in ext4's compact
- * format and handed to users in the VFS's posix_acl_xattr format, as the kernel does.
- */
-function userXattrValue(name: string, value: Uint8Array, ino: number): Uint8Array {
-  if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') {
-    return encodePosixAclXattr(parseExt4Acl(value, { ino }));
-  }
-  return value;
 }
 
 function isDotOrDotDot(e: DirEntry): boolean {

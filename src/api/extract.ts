@@ -14,6 +14,10 @@
  *   as '/', leaves HOSTDEST; such links are skipped. Created symlinks are never followed.
  * - Device nodes are made only when running as root; sockets are skipped (like tar).
  * - Files are written sparse (holes stay holes); sizes past what ext4 can address are skipped.
+ * - Extended attributes are restored by `setfattr -h --restore` (package attr; Node has no xattr
+ *   API), never through a symlink, after the entry's owner (chown drops file capabilities) and
+ *   before directory modes are final, in batches of XATTR_BATCH_BYTES of dump text. An attribute
+ *   the host refuses (say, trusted.* or security.* when not root) is a warning.
  * Skips produce a warning; with `strict` the first one fails the whole extraction.
  *
  * Host-side calls are synchronous on purpose: extraction is a bulk job of many tiny syscalls,
@@ -31,7 +35,7 @@ import {
   constants as C, openSync, writeSync, ftruncateSync, fchownSync, fchmodSync, futimesSync, closeSync, mkdirSync,
   symlinkSync, linkSync, chmodSync, lchownSync, lutimesSync, utimesSync, lstatSync,
 } from 'node:fs';
-import { execFile } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
 import { dirname, join, posix } from 'node:path';
 import type { Ext4 } from './ext4.js';
@@ -42,6 +46,8 @@ import { decodeRdev } from '../format/inode.js';
 import { PosixError } from '../util/errors.js';
 import { decodeName, decodeUtf8Strict } from '../util/bytes.js';
 import { resolvePath, readSymlink } from '../fs/namei.js';
+import { readVisibleXattrs } from '../fs/xattr/xattr-read.js';
+import { formatGetfattrBlock } from '../util/getfattr-dump.js';
 
 const run = promisify(execFile);
 
@@ -50,6 +56,8 @@ export interface ExtractOptions {
   strict?: boolean;
   /** Restore owners (default: when running as root). */
   preserveOwners?: boolean;
+  /** Restore extended attributes with setfattr (default true). */
+  xattrs?: boolean;
   /** Called for each skipped entry. */
   onWarning?: (w: ExtractWarning) => void;
   /** Called after each entry is written (for progress). */
@@ -69,6 +77,8 @@ export interface ExtractSummary {
   hardlinks: number;
   special: number;
   bytes: number;
+  /** Extended attributes restored. */
+  xattrs: number;
   skipped: ExtractWarning[];
 }
 
@@ -85,6 +95,9 @@ export class ExtractRefused extends PosixError {
  * read asynchronously, made a 20,000-file extraction about 7% slower.
  */
 const COPY_CHUNK_BYTES = 1 << 16;
+
+/** Dump text handed to one `setfattr --restore` run (memory stays bounded on big trees). */
+const XATTR_BATCH_BYTES = 1 << 20;
 
 /** The largest size ext4 can address at this block size (2^32 blocks). */
 function maxFileBytes(blockSize: number): number {
@@ -127,7 +140,12 @@ function childImagePath(dirInImage: string, name: string): string {
 }
 
 class Extractor {
-  readonly summary: ExtractSummary = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0, skipped: [] };
+  readonly summary: ExtractSummary = { files: 0, dirs: 0, symlinks: 0, hardlinks: 0, special: 0, bytes: 0, xattrs: 0, skipped: [] };
+  /** Attributes waiting for the next setfattr run: dump text, and the entries it names. */
+  private xattrDump = '';
+  private xattrEntries: { host: string; imgPath: string; count: number }[] = [];
+  /** setfattr is missing (said once). */
+  private noSetfattr = false;
   private readonly linked = new Map<number, string>();
   private readonly dirsSeen = new Set<number>();
   private readonly dirTimes: { host: string; info: InodeInfo }[] = [];
@@ -165,6 +183,7 @@ class Extractor {
       case 'sock': this.skip(imgPath, 'sockets are not extracted'); made = false; break;
     }
     if (made && multi) this.linked.set(info.ino, host);
+    if (made) await this.queueXattrs(info, imgPath, host);
   }
 
   private async dir(info: InodeInfo, imgPath: string, host: string): Promise<void> {
@@ -172,6 +191,7 @@ class Extractor {
     this.dirsSeen.add(info.ino);
     mkdirSync(host, { mode: 0o700 });
     this.summary.dirs++;
+    await this.queueXattrs(info, imgPath, host);
     const used = new Set<string>();
     let index = 0;
     for await (const e of iterateDir(this.fs.sup, info)) {
@@ -291,6 +311,55 @@ class Extractor {
     lutimesSync(host, hostTime(a), hostTime(m));
   }
 
+  /** Queues the attributes of a created entry for restoring (see the module comment). */
+  private async queueXattrs(info: InodeInfo, imgPath: string, host: string): Promise<void> {
+    if (this.opts.xattrs === false) return;
+    let xs: { name: string; value: Uint8Array }[];
+    try {
+      xs = await readVisibleXattrs(this.fs.sup, info);
+    } catch (err) {
+      this.skip(imgPath, `extended attributes not restored: ${(err as Error).message}`);
+      return;
+    }
+    if (xs.length === 0) return;
+    this.xattrDump += formatGetfattrBlock(host, xs);
+    this.xattrEntries.push({ host, imgPath, count: xs.length });
+    if (this.xattrDump.length >= XATTR_BATCH_BYTES) this.restoreXattrs();
+  }
+
+  /**
+   * Runs `setfattr -h --restore=-` over the queued dump. It goes on past a failure and names
+   * each one on stderr (`setfattr: PATH: REASON`), which becomes a warning for that entry.
+   */
+  restoreXattrs(): void {
+    const dump = this.xattrDump;
+    const entries = this.xattrEntries;
+    this.xattrDump = '';
+    this.xattrEntries = [];
+    if (dump.length === 0) return;
+    if (this.noSetfattr) return;
+    const r = spawnSync('setfattr', ['-h', '--restore=-'], { input: dump, stdio: ['pipe', 'ignore', 'pipe'], maxBuffer: 1 << 26 });
+    if (r.error !== undefined) {
+      if ((r.error as NodeJS.ErrnoException).code !== 'ENOENT') throw new PosixError('EIO', 'extract', undefined, `setfattr: ${r.error.message}`);
+      this.noSetfattr = true;
+      // OK to index: the dump is not empty, so an entry queued it.
+      this.skip(entries[0]!.imgPath, 'extended attributes not restored: setfattr (Debian package attr) is not installed');
+      return;
+    }
+    const failed = new Set<string>();
+    let said = false;
+    for (const line of r.stderr.toString('utf8').split('\n')) {
+      if (line === '') continue;
+      said = true;
+      const e = entries.find((x) => line.startsWith(`setfattr: ${x.host}: `));
+      if (e !== undefined) failed.add(e.host);
+      this.skip(e?.imgPath ?? entries[0]!.imgPath, `extended attribute not restored: ${e !== undefined ? line.slice(`setfattr: ${e.host}: `.length) : line}`);
+    }
+    if (r.status !== 0 && !said) this.skip(entries[0]!.imgPath, `extended attributes not restored: setfattr exited with ${r.status ?? r.signal}`);
+    // Counted per entry: setfattr names the file that failed, not the attribute.
+    for (const e of entries) if (!failed.has(e.host)) this.summary.xattrs += e.count;
+  }
+
   /**
    * Directory owners, modes and times last, children before parents (dirTimes is filled in
    * post-order), so writing into them kept working and a parent's mode never blocks a child.
@@ -322,6 +391,8 @@ export async function extract(fs: Ext4, path: string, hostDest: string, opts: Ex
   const info = await resolvePath(fs.sup, path, false, 'lstat');
   const x = new Extractor(fs, opts, hostDest);
   await x.entry(info, posix.normalize('/' + path), hostDest);
+  // Before directory modes are final: a read-only directory takes no user.* attribute.
+  x.restoreXattrs();
   await x.finishDirs();
   return x.summary;
 }

@@ -14,6 +14,8 @@
  *   first in the list.
  */
 import { PosixError } from '../util/errors.js';
+// Re-exported: the sources decode PAX and manifest values with them.
+export { decodeBase64, decodeHex } from '../util/bytes.js';
 import type { ClockTime } from '../runtime/clock.js';
 
 /** A timestamp: seconds since the epoch (may be negative) and nanoseconds 0..999,999,999. */
@@ -268,19 +270,3 @@ export function parseDecimalTime(s: string): Timespec | undefined {
   return frac === 0 ? { sec: -whole, nsec: 0 } : { sec: -whole - 1, nsec: 1_000_000_000 - frac };
 }
 
-/** Decodes standard base64 (with or without padding); undefined if it is not base64. */
-export function decodeBase64(s: string): Uint8Array | undefined {
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.replace(/=+$/, '').length % 4 === 1) return undefined;
-  const bin = atob(s.replace(/=+$/, ''));
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
-}
-
-/** Decodes hex digits (an even number of them); undefined otherwise. */
-export function decodeHex(s: string): Uint8Array | undefined {
-  if (!/^([0-9a-fA-F]{2})*$/.test(s)) return undefined;
-  const out = new Uint8Array(s.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}

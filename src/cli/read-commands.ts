@@ -136,20 +136,22 @@ export function registerGet(program: Command): void {
     .argument('<image>').argument('<path>', 'path inside the image').argument('<hostdest>', 'where the copy goes')
     .option('--strict', 'fail instead of skipping suspicious entries')
     .option('--no-owners', 'do not restore owners (default: restore when running as root)')
+    .option('--no-xattrs', 'do not restore extended attributes (default: restore them with setfattr)')
     .option('--json', 'print a JSON summary')
     .option('-q, --quiet', 'no warnings on stderr').option('--no-replay', NO_REPLAY_HELP)
-    .action(async (image: string, path: string, hostdest: string, o: { strict?: boolean; owners: boolean; json?: boolean; quiet?: boolean } & ReplayOpt) => {
+    .action(async (image: string, path: string, hostdest: string, o: { strict?: boolean; owners: boolean; xattrs: boolean; json?: boolean; quiet?: boolean } & ReplayOpt) => {
       await withImage(image, async (fs) => {
         const warn = (w: ExtractWarning): void => {
           if (!o.quiet) process.stderr.write(`ext4ts: warning: skipped ${JSON.stringify(w.path)}: ${w.reason}\n`);
         };
         const sum = await extract(fs, path, hostdest, {
           onWarning: warn, ...(o.strict ? { strict: true } : {}), ...(o.owners ? {} : { preserveOwners: false }),
+          ...(o.xattrs ? {} : { xattrs: false }),
         });
         if (o.json) out(JSON.stringify(sum));
         else if (!o.quiet) {
           process.stderr.write(`ext4ts: extracted ${sum.files} files, ${sum.dirs} directories, ${sum.symlinks} symlinks, ` +
-            `${sum.hardlinks} hard links, ${sum.special} special files, ${sum.bytes} bytes; ${sum.skipped.length} skipped\n`);
+            `${sum.hardlinks} hard links, ${sum.special} special files, ${sum.xattrs} xattrs, ${sum.bytes} bytes; ${sum.skipped.length} skipped\n`);
         }
       }, o.replay === false);
     });

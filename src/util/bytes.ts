@@ -1,6 +1,6 @@
 /**
- * Byte helpers shared by all layers: zero checks, concatenation, and text decoding of on-disk
- * names (which are bytes, not necessarily UTF-8).
+ * Byte helpers shared by all layers: zero checks, concatenation, text decoding of on-disk
+ * names (which are bytes, not necessarily UTF-8), and strict base64 and hex decoding.
  */
 
 /** True when every byte of `b` is zero. */
@@ -47,4 +47,21 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** Decodes standard base64 (with or without padding); undefined if it is not base64. */
+export function decodeBase64(s: string): Uint8Array | undefined {
+  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.replace(/=+$/, '').length % 4 === 1) return undefined;
+  const bin = atob(s.replace(/=+$/, ''));
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+/** Decodes hex digits (an even number of them); undefined otherwise. */
+export function decodeHex(s: string): Uint8Array | undefined {
+  if (!/^([0-9a-fA-F]{2})*$/.test(s)) return undefined;
+  const out = new Uint8Array(s.length / 2);
+  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
+  return out;
 }

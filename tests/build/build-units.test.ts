@@ -12,7 +12,8 @@ import { parsePaxRecords } from '../../src/build/tar-source.js';
 import { scanSparse } from '../../src/build/content.js';
 import { contentNeed, planSize } from '../../src/build/plan.js';
 import { timespecOfNs, splitRdev } from '../../src/build/dir-source.js';
-import { parseGetfattrDump, ext4StoresXattr } from '../../src/build/host-xattrs.js';
+import { ext4StoresXattr } from '../../src/build/host-xattrs.js';
+import { parseGetfattrDump, formatGetfattrBlock } from '../../src/util/getfattr-dump.js';
 import { paxTime } from './helpers.js';
 
 test('normalizePath: relative tar names and absolute manifest paths; ".." and absolute members refused', () => {
@@ -110,7 +111,7 @@ test('planSize: room for the content plus margin, inodes for every entry, whole 
   assert.ok(p.inodesCount >= 303 * 1.1);
 });
 
-test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty values, sorted names; non-UTF-8 paths left out', () => {
+test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty values, sorted names; non-UTF-8 paths left out; formatGetfattrBlock round trip', () => {
   const enc = new TextEncoder();
   const dump = new Uint8Array([
     ...enc.encode('# file: /src/we=ird\\012name\\134\nuser.z=0sMQ==\nuser.a\\075b=0x00ff0a\n\n'),
@@ -125,6 +126,11 @@ test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty 
   assert.deepEqual(hex('/src'), [['security.selinux', Buffer.from('system_u\0x').toString('hex')], ['user.bare', ''], ['user.empty', '']]);
   assert.deepEqual(hex('/src/ünï'), [['trusted.t', '7476']]);
   assert.throws(() => parseGetfattrDump(enc.encode('# file: /a\nuser.x=0q12\n')), /cannot decode/);
+  // What extraction hands to setfattr --restore parses back to the same names and bytes.
+  const xs = [{ name: 'user.a=b\\c', value: new Uint8Array([0, 10, 13, 92]) }, { name: 'user.e', value: new Uint8Array(0) }];
+  const back = parseGetfattrDump(new TextEncoder().encode(formatGetfattrBlock('/d/we=ird\nname\\\r', xs) + formatGetfattrBlock('/x', [])));
+  assert.deepEqual([...back.keys()], ['/d/we=ird\nname\\\r', '/x']);
+  assert.deepEqual(back.get('/d/we=ird\nname\\\r')!.map((x) => [x.name, [...x.value]]), [['user.a=b\\c', [0, 10, 13, 92]], ['user.e', []]]);
   assert.equal(ext4StoresXattr('system.posix_acl_default'), true);
   assert.equal(ext4StoresXattr('system.nfs4_acl'), false);
 });

@@ -2,7 +2,8 @@
  * `get` is a security boundary: images come from strangers. Each case builds a real image with
  * mke2fs -d, then patches it the way an attacker would — directory entry names with '/', NUL,
  * '.' or '..', duplicate names (a symlink and a directory called the same), entries pointing
- * at an ancestor directory (a cycle), symlinks climbing out, absurd sizes — recomputing every
+ * at an ancestor directory (a cycle), symlinks climbing out, absurd sizes, an xattr name that spells
+ * lines of setfattr's restore format — recomputing every
  * checksum so the image is "valid". Extraction must skip these with a warning (or fail under
  * strict) and must not create, follow or change anything outside HOSTDEST: the whole
  * surrounding directory, including a victim directory the attack aims at, is snapshotted before
@@ -10,7 +11,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   mkdtempSync, rmSync, mkdirSync, writeFileSync, symlinkSync, readFileSync, readdirSync, lstatSync, existsSync, linkSync,
@@ -98,7 +99,7 @@ async function patchSize(img: Uint8Array, path: string, size: number): Promise<v
 }
 
 /** Runs extraction of the whole image into a fresh HOSTDEST next to a victim directory. */
-async function extractChecked(img: Uint8Array, opts: { strict?: boolean } = {}) {
+async function extractChecked(img: Uint8Array, opts: { strict?: boolean; xattrs?: boolean } = {}) {
   const arena = mkdtempSync(join(root, 'arena-'));
   const victim = join(arena, 'victim');
   mkdirSync(victim);
@@ -219,4 +220,58 @@ test('get --strict: the first suspicious entry fails the extraction, still nothi
   await patchEntry(img, '/', 'aaaa', { name: Buffer.from('a/bc') });
   const r = await extractChecked(img, { strict: true });
   assert.ok(r.error instanceof ExtractRefused, String(r.error));
+});
+
+/** `setfattr ARGS`, false when the host refuses (no xattr support, not root for trusted.*). */
+function setfattr(args: string[]): boolean {
+  return spawnSync('setfattr', args).status === 0;
+}
+
+/** One attribute of a host entry, raw (getfattr --only-values), or undefined. */
+function hostXattr(path: string, name: string): string | undefined {
+  const r = spawnSync('getfattr', ['-h', '--only-values', '-n', name, '--', path]);
+  return r.status === 0 ? Buffer.from(r.stdout).toString('hex') : undefined;
+}
+
+test('get: extended attributes come back through setfattr (capabilities, ACLs, binary values, a link\'s own); a name spelling dump lines writes nothing elsewhere; xattrs: false restores none', async (t) => {
+  if (spawnSync('sh', ['-c', 'command -v setfattr && command -v getfattr']).status !== 0) {
+    t.skip('setfattr or getfattr (package attr) is missing');
+    return;
+  }
+  const victimFile = join(root, 'xattr-victim');
+  writeFileSync(victimFile, 'v');
+  const cap = '0100000200200000000000000000000000000000';
+  // user::rw-, user:1000:rwx, group::r--, mask::rwx, other::r-- (posix_acl_xattr, version 2).
+  const acl = '0200000001000600ffffffff02000700e803000004000400ffffffff10000700ffffffff20000400ffffffff';
+  const evil = `user.a\n\n# file: ${victimFile}\nuser.pwned`;
+  const want: [string, string, string][] = [
+    ['ping', 'security.capability', cap], ['ping', 'user.bin', '00ff0a3d5c'], ['ping', evil, '31'], ['d', 'system.posix_acl_default', acl],
+    ['shared', 'system.posix_acl_access', acl],
+  ];
+  const asRoot = process.getuid?.() === 0;
+  if (asRoot) want.push(['ln', 'trusted.t', '7476']);
+  let refused = '';
+  // mke2fs -d copies the host tree's attributes: the image is written by e2fsprogs, not by us.
+  const img = buildImage('xattrs', (tree) => {
+    writeFileSync(join(tree, 'ping'), 'x');
+    writeFileSync(join(tree, 'shared'), 'y', { mode: 0o644 });
+    mkdirSync(join(tree, 'd'));
+    symlinkSync('ping', join(tree, 'ln'));
+    for (const [p, name, hex] of want) if (!setfattr(['-h', '-n', name, '-v', `0x${hex}`, join(tree, p)])) refused ||= name;
+  });
+  if (refused !== '') {
+    t.skip(`the host filesystem of ${tmpdir()} refused ${JSON.stringify(refused)}`);
+    return;
+  }
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.deepEqual(r.warnings, []);
+  for (const [p, name, hex] of want) assert.equal(hostXattr(join(r.dest, p), name), hex, `${p} ${JSON.stringify(name)}`);
+  assert.equal(r.summary?.xattrs, want.length);
+  assert.equal(hostXattr(victimFile, 'user.pwned'), undefined, 'nothing reached the file the name spells out');
+  // The access ACL's mask (rwx) is the group bits, as on the source.
+  assert.equal(lstatSync(join(r.dest, 'shared')).mode & 0o777, 0o674);
+  const bare = await extractChecked(img, { xattrs: false });
+  assert.equal(bare.summary?.xattrs, 0);
+  for (const [p, name] of want) assert.equal(hostXattr(join(bare.dest, p), name), undefined, `${p} ${name} not restored`);
 });

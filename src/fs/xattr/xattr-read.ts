@@ -6,7 +6,7 @@
  */
 import type { Ext4Super } from '../super.js';
 import type { InodeInfo } from '../inode/inode.js';
-import { parseXattrIbody, parseXattrBlock, type XattrEntry } from '../../format/xattr.js';
+import { parseXattrIbody, parseXattrBlock, parseExt4Acl, encodePosixAclXattr, type XattrEntry } from '../../format/xattr.js';
 import { Corrupt } from '../../util/errors.js';
 
 /** All xattrs of an inode: in-inode ones first, then the block's. */
@@ -36,4 +36,19 @@ export function inlineDataXattr(info: InodeInfo): Uint8Array | undefined {
   if (area.length < 4) return undefined;
   for (const e of parseXattrIbody(area, { ino: info.ino })) if (e.name === 'system.data') return e.value;
   return undefined;
+}
+
+/**
+ * The xattrs getxattr(2) and listxattr(2) show: without the inline-data carrier (system.data),
+ * and POSIX ACLs in the VFS's posix_acl_xattr format rather than ext4's compact on-disk one, as
+ * the kernel hands them out.
+ */
+export async function readVisibleXattrs(s: Ext4Super, info: InodeInfo): Promise<{ name: string; value: Uint8Array }[]> {
+  const out: { name: string; value: Uint8Array }[] = [];
+  for (const x of await readXattrs(s, info)) {
+    if (x.name === 'system.data') continue;
+    const acl = x.name === 'system.posix_acl_access' || x.name === 'system.posix_acl_default';
+    out.push({ name: x.name, value: acl ? encodePosixAclXattr(parseExt4Acl(x.value, { ino: info.ino })) : x.value });
+  }
+  return out;
 }
