@@ -11,7 +11,7 @@ import { iterateDir, type DirEntry } from '../fs/dir/dir.js';
 import { resolvePath, readSymlink, isFastSymlink } from '../fs/namei.js';
 import { FileMap, readMappedRange } from '../fs/inode/file-map.js';
 import { inlineBytes } from '../fs/inode/inline.js';
-import { readXattrs, readVisibleXattrs } from '../fs/xattr/xattr-read.js';
+import { readXattrs, readVisibleXattrs, visibleXattrValue } from '../fs/xattr/xattr-read.js';
 import { listIndirectBlocks } from '../fs/inode/block-map.js';
 import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
@@ -26,6 +26,8 @@ import type { ClockTime } from '../runtime/clock.js';
 import { FileData, type FallocateMode, type DataStats } from '../io/file-data.js';
 import { DirectIo } from '../io/direct-io.js';
 import { DirectFile, type AioContext, type AioContextOptions } from '../io/aio.js';
+/** Whether ext4 stores an xattr name (the builder filters a host tree's attributes with it). */
+export { hasXattrHandler } from '../fs/xattr/xattr-write.js';
 export type { AioContext, AioContextOptions, AioRequest, Iocb, IoEvent } from '../io/aio.js';
 import type { ErrCursor } from '../cache/address-space.js';
 import { iget } from '../fs/inode/icache.js';
@@ -316,9 +318,9 @@ export class Ext4 {
   /** getxattr(): the value of one extended attribute, ENODATA if absent. */
   async getxattr(path: string, name: string): Promise<Uint8Array> {
     const info = await resolvePath(this.sup, path, false, 'getxattr');
-    const e = (await readVisibleXattrs(this.sup, info)).find((x) => x.name === name);
+    const e = (await readXattrs(this.sup, info)).find((x) => x.name === name);
     if (e === undefined) throw new PosixError('ENODATA', 'getxattr', path);
-    return e.value;
+    return visibleXattrValue(e.name, e.value, info.ino);
   }
 
   /** listxattr(): names of all extended attributes (the inline-data carrier excluded). */

@@ -115,15 +115,15 @@ export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES, xattrs =
   let walks = 0;
   const warnings: string[] = [];
   let xattrsOf = (_path: string): readonly Xattr[] => [];
+  const firstWalk = (): Generator<BuildEntry> => keepWhile(walkTree(root, atimes, false, xattrsOf), keepEntries, (list) => {
+    kept = list;
+  });
   if (xattrs) {
     // getfattr reads every directory too: the first walk runs before it, so that it records the
     // atimes the tree had, and the walks the builder makes are later ones.
-    let list: BuildEntry[] | undefined = keepEntries > 0 ? [] : undefined;
-    for (const e of walkTree(root, atimes, false, xattrsOf)) {
-      if (list !== undefined && list.length < keepEntries) list.push(e);
-      else list = undefined;
+    for (const _e of firstWalk()) {
+      // Walked for what it records: the atimes and the kept list.
     }
-    kept = list;
     walks = 1;
     const host = readHostXattrs(root);
     if (host === undefined) {
@@ -140,12 +140,7 @@ export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES, xattrs =
   }
   return {
     kind: 'dir',
-    walk: () => {
-      if (walks++ === 0) return keepWhile(walkTree(root, atimes, false, xattrsOf), keepEntries, (list) => {
-        kept = list;
-      });
-      return kept ?? walkTree(root, atimes, true, xattrsOf);
-    },
+    walk: () => (walks++ === 0 ? firstWalk() : kept ?? walkTree(root, atimes, true, xattrsOf)),
     warnings,
   };
 }

@@ -13,12 +13,7 @@ import { spawnSync } from 'node:child_process';
 import { resolve } from 'node:path';
 import { badEntry, type Xattr } from './source.js';
 import { parseGetfattrDump } from '../util/getfattr-dump.js';
-
-/** Names ext4 has a handler for (user, trusted, security and the two POSIX ACLs). */
-export function ext4StoresXattr(name: string): boolean {
-  return name.startsWith('user.') || name.startsWith('trusted.') || name.startsWith('security.')
-    || name === 'system.posix_acl_access' || name === 'system.posix_acl_default';
-}
+import { hasXattrHandler } from '../api/ext4.js';
 
 /** What readHostXattrs found. */
 export interface HostXattrs {
@@ -56,7 +51,7 @@ export function readHostXattrs(root: string): HostXattrs | undefined {
     else if (p.startsWith(`${base}/`)) path = p.slice(base.length);
     else continue;
     const kept = list.filter((x) => {
-      if (ext4StoresXattr(x.name)) return true;
+      if (hasXattrHandler(x.name)) return true;
       skipped.count++;
       skipped.first ??= { name: x.name, path };
       return false;

@@ -12,7 +12,7 @@ import { parsePaxRecords } from '../../src/build/tar-source.js';
 import { scanSparse } from '../../src/build/content.js';
 import { contentNeed, planSize } from '../../src/build/plan.js';
 import { timespecOfNs, splitRdev } from '../../src/build/dir-source.js';
-import { ext4StoresXattr } from '../../src/build/host-xattrs.js';
+import { hasXattrHandler } from '../../src/api/ext4.js';
 import { parseGetfattrDump, formatGetfattrBlock } from '../../src/util/getfattr-dump.js';
 import { paxTime } from './helpers.js';
 
@@ -131,6 +131,6 @@ test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty 
   const back = parseGetfattrDump(new TextEncoder().encode(formatGetfattrBlock('/d/we=ird\nname\\\r', xs) + formatGetfattrBlock('/x', [])));
   assert.deepEqual([...back.keys()], ['/d/we=ird\nname\\\r', '/x']);
   assert.deepEqual(back.get('/d/we=ird\nname\\\r')!.map((x) => [x.name, [...x.value]]), [['user.a=b\\c', [0, 10, 13, 92]], ['user.e', []]]);
-  assert.equal(ext4StoresXattr('system.posix_acl_default'), true);
-  assert.equal(ext4StoresXattr('system.nfs4_acl'), false);
+  assert.equal(hasXattrHandler('system.posix_acl_default'), true);
+  assert.equal(hasXattrHandler('system.nfs4_acl'), false);
 });

@@ -39,16 +39,19 @@ export function inlineDataXattr(info: InodeInfo): Uint8Array | undefined {
 }
 
 /**
- * The xattrs getxattr(2) and listxattr(2) show: without the inline-data carrier (system.data),
- * and POSIX ACLs in the VFS's posix_acl_xattr format rather than ext4's compact on-disk one, as
- * the kernel hands them out.
+ * What getxattr(2) returns for a stored value: POSIX ACLs are kept on disk in ext4's compact
+ * format and handed out in the VFS's posix_acl_xattr format, as the kernel does.
  */
-export async function readVisibleXattrs(s: Ext4Super, info: InodeInfo): Promise<{ name: string; value: Uint8Array }[]> {
-  const out: { name: string; value: Uint8Array }[] = [];
-  for (const x of await readXattrs(s, info)) {
-    if (x.name === 'system.data') continue;
-    const acl = x.name === 'system.posix_acl_access' || x.name === 'system.posix_acl_default';
-    out.push({ name: x.name, value: acl ? encodePosixAclXattr(parseExt4Acl(x.value, { ino: info.ino })) : x.value });
+export function visibleXattrValue(name: string, value: Uint8Array, ino: number): Uint8Array {
+  if (name === 'system.posix_acl_access' || name === 'system.posix_acl_default') {
+    return encodePosixAclXattr(parseExt4Acl(value, { ino }));
   }
-  return out;
+  return value;
+}
+
+/** The xattrs listxattr(2) shows (not the inline-data carrier, system.data), with getxattr's values. */
+export async function readVisibleXattrs(s: Ext4Super, info: InodeInfo): Promise<{ name: string; value: Uint8Array }[]> {
+  return (await readXattrs(s, info))
+    .filter((x) => x.name !== 'system.data')
+    .map((x) => ({ name: x.name, value: visibleXattrValue(x.name, x.value, info.ino) }));
 }

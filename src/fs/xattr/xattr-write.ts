@@ -143,27 +143,40 @@ function assertWritable(s: Ext4Super): void {
 }
 
 /**
- * Maps a full name to its key the way the VFS and ext4's handlers do: whole ACL names, then
- * the user/trusted/security prefixes. EINVAL for an empty name after the prefix (and a NUL,
+ * The handler that stores `name` the way the VFS and ext4's handlers match it: whole ACL names,
+ * then the user/trusted/security prefixes. Undefined when none takes it (system.data included).
+ */
+function handlerOf(name: string): number | undefined {
+  for (const idx of ACL_INDEXES) if (name === XATTR_PREFIXES[idx]) return idx;
+  // OK: every WRITABLE_PREFIXES member has a prefix in XATTR_PREFIXES.
+  return WRITABLE_PREFIXES.find((idx) => name.startsWith(XATTR_PREFIXES[idx]!));
+}
+
+/** True when ext4 has a handler for `name` (setxattr may still refuse its length or bytes). */
+export function hasXattrHandler(name: string): boolean {
+  return handlerOf(name) !== undefined;
+}
+
+/**
+ * Maps a full name to its key (handlerOf). EINVAL for an empty name after the prefix (and a NUL,
  * which a C string cannot carry), ERANGE past 255 bytes, EPERM for system.data (the inline data
  * carrier), EOPNOTSUPP for any other name (no handler takes it).
  */
 function resolveName(name: string, syscall: string): XattrKey {
-  for (const idx of ACL_INDEXES) if (name === XATTR_PREFIXES[idx]) return { nameIndex: idx, nameBytes: new Uint8Array(0) };
-  if (name === 'system.data') throw new PosixError('EPERM', syscall, undefined, 'system.data holds inline data');
-  for (const idx of WRITABLE_PREFIXES) {
-    // OK: every WRITABLE_PREFIXES member has a prefix in XATTR_PREFIXES.
-    const prefix = XATTR_PREFIXES[idx]!;
-    if (!name.startsWith(prefix)) continue;
-    const rest = name.slice(prefix.length);
-    if (rest.length === 0 || rest.includes('\0')) throw new PosixError('EINVAL', syscall, undefined, `bad xattr name "${name}"`);
-    const nameBytes = encodeUtf8(rest);
-    if (nameBytes.length > XATTR_NAME_LEN_MAX) {
-      throw new PosixError('ERANGE', syscall, undefined, `xattr name of ${nameBytes.length} bytes after the prefix (limit ${XATTR_NAME_LEN_MAX})`);
-    }
-    return { nameIndex: idx, nameBytes };
+  const idx = handlerOf(name);
+  if (idx === undefined) {
+    if (name === 'system.data') throw new PosixError('EPERM', syscall, undefined, 'system.data holds inline data');
+    throw new PosixError('EOPNOTSUPP', syscall, undefined, `no handler for xattr name "${name}"`);
   }
-  throw new PosixError('EOPNOTSUPP', syscall, undefined, `no handler for xattr name "${name}"`);
+  if (ACL_INDEXES.includes(idx)) return { nameIndex: idx, nameBytes: new Uint8Array(0) };
+  // OK: handlerOf returns indexes with a prefix.
+  const rest = name.slice(XATTR_PREFIXES[idx]!.length);
+  if (rest.length === 0 || rest.includes('\0')) throw new PosixError('EINVAL', syscall, undefined, `bad xattr name "${name}"`);
+  const nameBytes = encodeUtf8(rest);
+  if (nameBytes.length > XATTR_NAME_LEN_MAX) {
+    throw new PosixError('ERANGE', syscall, undefined, `xattr name of ${nameBytes.length} bytes after the prefix (limit ${XATTR_NAME_LEN_MAX})`);
+  }
+  return { nameIndex: idx, nameBytes };
 }
 
 /** set_posix_acl's checks: no ACLs on symlinks, default ACLs only on directories (EACCES). */
