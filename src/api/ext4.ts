@@ -488,11 +488,14 @@ export class Ext4 {
   /** @internal FileHandle.utimes / FileHandle.chown. */
   async setattrInfo(info: InodeInfo, attr: { atime?: TimeArg | undefined; mtime?: TimeArg | undefined; uid?: number; gid?: number }): Promise<void> {
     const w = this.w('setattr');
-    await w.run(async () => {
-      if (attr.uid !== undefined || attr.gid !== undefined) await w.ns.chownInode(info, attr.uid, attr.gid);
-      if (attr.atime !== undefined || attr.mtime !== undefined) {
-        await w.ns.utimesInode(info, attr.atime === undefined ? undefined : toTimespec(attr.atime), attr.mtime === undefined ? undefined : toTimespec(attr.mtime));
-      }
+    const times = attr.atime !== undefined || attr.mtime !== undefined;
+    const atime = attr.atime === undefined ? undefined : toTimespec(attr.atime);
+    const mtime = attr.mtime === undefined ? undefined : toTimespec(attr.mtime);
+    // Synchronous when the inode's table block is cached: one section, no promise of its own.
+    await w.run(() => {
+      const owner = attr.uid !== undefined || attr.gid !== undefined ? w.ns.chownInode(info, attr.uid, attr.gid) : undefined;
+      const setTimes = (): Promise<void> | undefined => (times ? w.ns.utimesInode(info, atime, mtime) : undefined);
+      return owner === undefined ? setTimes() : owner.then(setTimes);
     });
   }
 
@@ -686,9 +689,9 @@ export class FileHandle {
   }
 
   /** futimens: nanosecond times ({sec, nsec}), seconds or Dates; undefined keeps one. */
-  async utimes(atime: TimeArg | undefined, mtime: TimeArg | undefined): Promise<void> {
-    if (this.closed) throw new PosixError('EBADF', 'futimens');
-    await this.fs.setattrInfo(this.info, { atime, mtime });
+  utimes(atime: TimeArg | undefined, mtime: TimeArg | undefined): Promise<void> {
+    if (this.closed) return Promise.reject(new PosixError('EBADF', 'futimens'));
+    return this.fs.setattrInfo(this.info, { atime, mtime });
   }
 
   /** fchown (numeric ids). */
@@ -721,7 +724,7 @@ export class FileHandle {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await this.direct?.close();
+    if (this.direct !== undefined) await this.direct.close();
     const err = this.cursor !== undefined ? this.fs.takeWriteError(this.info, this.cursor) : undefined;
     if (this.onClose !== undefined) await this.onClose();
     if (err !== undefined) throw new PosixError(err, 'close', undefined, `write error on inode ${this.info.ino}`);

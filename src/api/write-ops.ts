@@ -63,7 +63,7 @@ export class WriteOps {
   }
 
   /** Runs `fn` after every earlier operation, one at a time. */
-  run<T>(fn: () => Promise<T>): Promise<T> {
+  run<T>(fn: () => Promise<T> | T): Promise<T> {
     return this.queue.run(fn);
   }
 

@@ -95,6 +95,16 @@ export class BufferCache {
     return buf;
   }
 
+  /**
+   * A zeroed buffer for block `nr` when the cache neither holds nor is reading it (a block whose
+   * old contents do not matter, created without a read); false when it does.
+   */
+  createIfAbsent(nr: number): boolean {
+    if (this.held.has(nr) || this.lru.has(nr) || this.inflight.has(nr)) return false;
+    this.getblk(nr);
+    return true;
+  }
+
   /** Returns a zeroed buffer for a block about to be overwritten entirely (getblk). */
   getblk(nr: number): MetaBuffer {
     assert(Number.isSafeInteger(nr) && nr >= 0 && nr < this.blocksCount, () => `getblk ${nr}`);

@@ -10,7 +10,7 @@
 import type { Ext4Super } from './super.js';
 import { resolvePath, splitPath, readSymlink, NAME_MAX } from './namei.js';
 import { writeInode, addInodeBlocks, type InodeInfo } from './inode/inode.js';
-import { iget } from './inode/icache.js';
+import { iget, ipeek } from './inode/icache.js';
 import { iterateDir } from './dir/dir.js';
 import { decodeName, encodeUtf8 } from '../util/bytes.js';
 import { newInode, evictInode, freeBlocksFrom, touch } from './inode/inode-life.js';
@@ -451,11 +451,12 @@ export class Namespace {
   }
 
   /** fchown: chown of an in-core inode (an open file). */
-  async chownInode(info: InodeInfo, uid: number | undefined, gid: number | undefined): Promise<void> {
+  /** A promise only when the inode's table block must be read first (see writeInode). */
+  chownInode(info: InodeInfo, uid: number | undefined, gid: number | undefined): Promise<void> | undefined {
     if (uid !== undefined && uid !== -1) setInodeUid(info.view, uid >>> 0);
     if (gid !== undefined && gid !== -1) setInodeGid(info.view, gid >>> 0);
     touch(this.s, info, ['ctime']);
-    await writeInode(this.s, info);
+    return writeInode(this.s, info);
   }
 
   /** utimes with nanoseconds; ctime becomes now. */
@@ -463,12 +464,12 @@ export class Namespace {
     await this.utimesInode(await this.inode(path, followLast, 'utimes'), atime, mtime);
   }
 
-  /** futimens: utimes of an in-core inode (an open file). */
-  async utimesInode(info: InodeInfo, atime: Timespec | undefined, mtime: Timespec | undefined): Promise<void> {
+  /** futimens: utimes of an in-core inode (an open file); a promise only as chownInode. */
+  utimesInode(info: InodeInfo, atime: Timespec | undefined, mtime: Timespec | undefined): Promise<void> | undefined {
     if (atime !== undefined) touch(this.s, info, ['atime'], atime);
     if (mtime !== undefined) touch(this.s, info, ['mtime'], mtime);
     touch(this.s, info, ['ctime']);
-    await writeInode(this.s, info);
+    return writeInode(this.s, info);
   }
 
   /**
@@ -537,14 +538,22 @@ export class Namespace {
   }
 
   /** Last close of an unlinked inode releases it and takes it off the orphan list. */
-  async unpin(ino: number): Promise<void> {
+  unpin(ino: number): Promise<void> | undefined {
     const n = (this.openCounts.get(ino) ?? 0) - 1;
     assert(n >= 0, () => `inode ${ino}: unpin without pin`);
     if (n > 0) {
       this.openCounts.set(ino, n);
-      return;
+      return undefined;
     }
     this.openCounts.delete(ino);
+    // The usual last close (a linked inode, in core): nothing to wait for.
+    const cached = ipeek(this.s, ino);
+    if (cached !== undefined && cached.linksCount > 0) return undefined;
+    return this.releaseLast(ino);
+  }
+
+  /** unpin's last close of an inode that may be unlinked: evicted now if it is. */
+  private async releaseLast(ino: number): Promise<void> {
     const info = await iget(this.s, ino);
     if (info.linksCount === 0) {
       if (this.onEvict !== undefined) await this.onEvict(info);

@@ -141,6 +141,11 @@ class InodeData {
     this.sizeBytes = info.size;
   }
 
+  /** Someone holds the extent-tree lock (an update may be half done). */
+  get treeBusy(): boolean {
+    return this.treeLock.locked;
+  }
+
   /** Runs `fn` holding the extent-tree lock. */
   withTree<T>(fn: () => Promise<T>): Promise<T> {
     return this.treeLock.run(fn);
@@ -163,6 +168,12 @@ class InodeData {
     if (this.dioCount === 0) return Promise.resolve();
     return new Promise((resolve) => this.dioWaiters.push(resolve));
   }
+}
+
+/** The inode's extent root is valid and holds no entry (a new or emptied file). */
+function emptyExtentRoot(info: InodeInfo): boolean {
+  const root = new ExtentHeader(info.iBlock, 0);
+  return root.eh_magic === EXT4_EXT_MAGIC && root.eh_entries === 0;
 }
 
 export class FileData {
@@ -205,12 +216,16 @@ export class FileData {
     this.cacheLimitBytes = Math.max(opts.cacheLimitBytes ?? 64 << 20, 2 * this.dirtyLimitBytes);
   }
 
-  /** The page at `idx` of `d`, created when absent (counted in nrPages). */
-  private getPage(d: InodeData, idx: number): Page {
+  /**
+   * The page at `idx` of `d`, created when absent (counted in nrPages). `overwrite`: the caller
+   * writes the whole page, so a new one need not be zeroed (a page that is not uptodate is
+   * never read before fillPages has read or zeroed every buffer of it).
+   */
+  private getPage(d: InodeData, idx: number, overwrite = false): Page {
     const hit = d.mapping.findPage(idx);
     if (hit !== undefined) return hit;
     this.nrPages++;
-    return d.mapping.findOrCreatePage(idx, this.pool.alloc());
+    return d.mapping.findOrCreatePage(idx, this.pool.alloc(!overwrite));
   }
 
   /** Removes a clean page that nobody writes (delete_from_page_cache). */
@@ -312,7 +327,9 @@ export class FileData {
         throw e;
       }
       done = pieceEnd - pos;
-      await this.balanceDirtyPages();
+      // Under half the dirty limit there is nothing to wait for: no promise per piece.
+      if (this.overBackgroundLimit()) await this.balanceDirtyPages();
+      else this.shrink();
     }
     touch(this.s, info, ['mtime', 'ctime']);
     return done;
@@ -328,9 +345,9 @@ export class FileData {
     const pages: Page[] = [];
     const wholes: Page[] = [];
     for (let idx = Math.floor(pos / ps); idx * ps < end; idx++) {
-      const page = this.getPage(d, idx);
-      await page.waitOnWriteback();
-      const whole = pos <= page.offsetBytes && end >= page.offsetBytes + ps;
+      const whole = pos <= idx * ps && end >= (idx + 1) * ps;
+      const page = this.getPage(d, idx, whole);
+      if (PG.testWriteback(page)) await page.waitOnWriteback();
       if (!PG.testUptodate(page)) {
         if (whole) wholes.push(page);
         else await this.fillPages(d, [page], false);
@@ -381,6 +398,11 @@ export class FileData {
    * first) without waiting; past the limit (dirty + under writeback), wait for completions.
    * Then trim the cache of clean pages.
    */
+  private overBackgroundLimit(): boolean {
+    const limitPages = Math.floor(this.dirtyLimitBytes / this.pageSizeBytes);
+    return this.nrDirty > limitPages / 2 || (this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0);
+  }
+
   private async balanceDirtyPages(): Promise<void> {
     const ps = this.pageSizeBytes;
     const limitPages = Math.floor(this.dirtyLimitBytes / ps);
@@ -470,62 +492,68 @@ export class FileData {
    * are zeros. With `whole` (the caller overwrites the pages entirely) nothing is read.
    */
   private async fillPages(d: InodeData, pages: readonly Page[], whole: boolean): Promise<void> {
-    const bs = this.s.blockSize;
-    await d.withTree(async () => {
-      // A file without any extent (new, or truncated to nothing) is all holes: nothing to map.
-      // (A bad root falls through to mapExtentPoint, which reports it.)
-      const root = new ExtentHeader(d.info.iBlock, 0);
-      if (root.eh_magic === EXT4_EXT_MAGIC && root.eh_entries === 0) return;
-      // One point lookup per run (extent piece or hole up to the next extent), not per buffer.
-      let m: Mapping | undefined;
-      const lastLblk = pages.length === 0 ? 0 : pages[pages.length - 1]!.buffers[pages[pages.length - 1]!.buffers.length - 1]!.lblk;
-      for (const page of pages) {
-        if (PG.testUptodate(page)) continue;
-        for (const bh of page.buffers) {
-          if (BH.testMapped(bh) || BH.testDelay(bh)) continue;
-          if (m === undefined || bh.lblk < m.lblk || bh.lblk >= m.lblk + m.len) {
-            m = await mapExtentPoint(this.s, d.info, bh.lblk, Math.max(1, lastLblk - bh.lblk + 1));
+    // A file without any extent (new, or truncated to nothing) is all holes: nothing to map.
+    // Seen without the tree lock only while nobody holds it (no update half done): a new
+    // file's write then takes no lock and no promise. (A bad root goes on to mapExtentPoint,
+    // which reports it.)
+    if (d.treeBusy || !emptyExtentRoot(d.info)) {
+      await d.withTree(async () => {
+        if (emptyExtentRoot(d.info)) return;
+        // One point lookup per run (extent piece or hole up to the next extent), not per buffer.
+        let m: Mapping | undefined;
+        const lastLblk = pages.length === 0 ? 0 : pages[pages.length - 1]!.buffers[pages[pages.length - 1]!.buffers.length - 1]!.lblk;
+        for (const page of pages) {
+          if (PG.testUptodate(page)) continue;
+          for (const bh of page.buffers) {
+            if (BH.testMapped(bh) || BH.testDelay(bh)) continue;
+            if (m === undefined || bh.lblk < m.lblk || bh.lblk >= m.lblk + m.len) {
+              m = await mapExtentPoint(this.s, d.info, bh.lblk, Math.max(1, lastLblk - bh.lblk + 1));
+            }
+            if (m.kind === 'hole') continue;
+            bh.map(pblk(m.pblk + (bh.lblk - m.lblk)));
+            if (m.kind === 'unwritten') BH.setUnwritten(bh);
           }
-          if (m.kind === 'hole') continue;
-          bh.map(pblk(m.pblk + (bh.lblk - m.lblk)));
-          if (m.kind === 'unwritten') BH.setUnwritten(bh);
         }
-      }
-    });
+      });
+    }
     // The caller overwrites the pages whole: it copies the data in and sets them uptodate (not
     // here, so a write that fails before copying leaves no page claiming data it never read).
     if (whole) return;
-    {
-      // Runs of buffers whose blocks follow each other on disk: one read each.
-      let run: BufferHead[] = [];
-      const flush = async (): Promise<void> => {
-        if (run.length === 0) return;
-        const first = run[0]!;
-        if (run.length === 1) {
-          await this.s.readBlocks(first.pblk, 1, first.page.data.subarray(first.offsetInPage, first.offsetInPage + bs));
-        } else {
-          const buf = new Uint8Array(run.length * bs);
-          await this.s.readBlocks(first.pblk, run.length, buf);
-          for (const [i, bh] of run.entries()) bh.page.data.set(buf.subarray(i * bs, (i + 1) * bs), bh.offsetInPage);
-        }
-        run = [];
-      };
-      for (const page of pages) {
-        if (PG.testUptodate(page)) continue;
-        for (const bh of page.buffers) {
-          if (BH.testMapped(bh) && !BH.testUnwritten(bh)) {
-            const last = run[run.length - 1];
-            if (last !== undefined && (last.pblk + 1 !== bh.pblk || (run.length + 1) * bs > Math.min(READAHEAD_BYTES, this.s.dev.maxRequestBytes))) await flush();
-            run.push(bh);
-          } else {
-            page.data.fill(0, bh.offsetInPage, bh.offsetInPage + bs);
+    const bs = this.s.blockSize;
+    // Runs of buffers whose blocks follow each other on disk: one read each. Holes and
+    // unwritten blocks read as zeros.
+    const runs: BufferHead[][] = [];
+    let run: BufferHead[] = [];
+    for (const page of pages) {
+      if (PG.testUptodate(page)) continue;
+      for (const bh of page.buffers) {
+        if (BH.testMapped(bh) && !BH.testUnwritten(bh)) {
+          const last = run[run.length - 1];
+          if (last !== undefined && (last.pblk + 1 !== bh.pblk || (run.length + 1) * bs > Math.min(READAHEAD_BYTES, this.s.dev.maxRequestBytes))) {
+            runs.push(run);
+            run = [];
           }
+          run.push(bh);
+        } else {
+          page.data.fill(0, bh.offsetInPage, bh.offsetInPage + bs);
         }
       }
-      await flush();
-      for (const page of pages) for (const bh of page.buffers) BH.setUptodate(bh);
     }
-    for (const page of pages) PG.setUptodate(page);
+    if (run.length > 0) runs.push(run);
+    for (const r of runs) {
+      const first = r[0]!;
+      if (r.length === 1) {
+        await this.s.readBlocks(first.pblk, 1, first.page.data.subarray(first.offsetInPage, first.offsetInPage + bs));
+      } else {
+        const buf = new Uint8Array(r.length * bs);
+        await this.s.readBlocks(first.pblk, r.length, buf);
+        for (const [i, bh] of r.entries()) bh.page.data.set(buf.subarray(i * bs, (i + 1) * bs), bh.offsetInPage);
+      }
+    }
+    for (const page of pages) {
+      for (const bh of page.buffers) BH.setUptodate(bh);
+      PG.setUptodate(page);
+    }
   }
 
   private tree(d: InodeData): ExtentTree {

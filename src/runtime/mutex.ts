@@ -9,7 +9,8 @@
  * per section even when nobody else wanted the lock, and a small-file build takes these locks
  * a dozen times per file (measured: 227 promises per file created).
  *
- * `fn` must not take the same mutex again (it would wait for itself); it may throw, and the
+ * `fn` may return a value instead of a promise (a section with nothing to wait for). It must
+ * not take the same mutex again (it would wait for itself); it may throw, and the
  * lock is released either way.
  */
 import { assert } from '../util/assert.js';
@@ -35,7 +36,7 @@ export class Mutex {
   }
 
   /** Runs `fn` holding the lock; its result (or error) is the result. */
-  run<T>(fn: () => Promise<T>): Promise<T> {
+  run<T>(fn: () => Promise<T> | T): Promise<T> {
     if (!this.held) {
       this.held = true;
       return this.section(fn);
@@ -47,7 +48,7 @@ export class Mutex {
     });
   }
 
-  private async section<T>(fn: () => Promise<T>): Promise<T> {
+  private async section<T>(fn: () => Promise<T> | T): Promise<T> {
     try {
       return await fn();
     } finally {

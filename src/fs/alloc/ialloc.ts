@@ -87,6 +87,24 @@ export async function freeInode(s: Ext4Super, ino: number, isDir: boolean): Prom
 }
 
 /**
+ * True when every inode sharing `ino`'s inode-table block, `ino` aside, is free in a cached and
+ * checked inode bitmap (the test of __ext4_get_inode_loc for a new inode): the block then holds
+ * nothing worth reading. False when unsure (bitmap not cached, not initialised).
+ */
+export function othersInTableBlockFree(s: Ext4Super, ino: number): boolean {
+  const g = Math.floor((ino - 1) / s.inodesPerGroup);
+  const gd = s.group(g);
+  if (isInodeUninit(s, gd)) return false;
+  const buf = s.cache.peek(gd.inodeBitmap);
+  if (buf === undefined || !buf.verified) return false;
+  const perBlock = s.blockSize / s.inodeSize;
+  const index = (ino - 1) % s.inodesPerGroup;
+  const start = index - (index % perBlock);
+  const end = Math.min(start + perBlock, s.inodesPerGroup);
+  return bm.findNextSet(buf.data, start, index) >= index && bm.findNextSet(buf.data, index + 1, end) >= end;
+}
+
+/**
  * Group `g`'s inode bitmap (ext4_read_inode_bitmap): all free (with its padding set) for an
  * INODE_UNINIT group, else read and, the first time, checked (crc32c with metadata_csum, and
  * as many free bits as the descriptor says).

@@ -61,18 +61,22 @@ function cacheOf(s: Ext4Super): Map<number, InodeInfo> {
 
 /** The in-core inode `ino`, loaded (and validated) on first use. */
 export async function iget(s: Ext4Super, ino: number): Promise<InodeInfo> {
+  const hit = ipeek(s, ino);
+  if (hit !== undefined) return hit;
   const c = cacheOf(s);
-  const hit = c.get(ino);
-  if (hit !== undefined) {
-    hit.referenced = true;
-    return hit;
-  }
   const info = await readInode(s, ino);
   // Another operation may have loaded it while we awaited: keep the first object.
   const raced = c.get(ino);
   if (raced !== undefined) return raced;
   iadd(s, info);
   return info;
+}
+
+/** The cached in-core inode `ino` (a use, as iget's hit), or undefined: no read, no promise. */
+export function ipeek(s: Ext4Super, ino: number): InodeInfo | undefined {
+  const hit = cacheOf(s).get(ino);
+  if (hit !== undefined) hit.referenced = true;
+  return hit;
 }
 
 /** Registers an inode created in memory (a new inode) so later igets return this object. */

@@ -4,6 +4,7 @@
  * its decoded fields, and its checksum seed, after the checks the kernel makes in ext4_iget.
  */
 import type { Ext4Super } from '../super.js';
+import type { MetaBuffer } from '../../cache/buffer-cache.js';
 import {
   Inode, type InodeView, INODE_VIEW_SIZE, verifyInodeCsum, validateExtraIsize, inodeSizeBytes,
   inodeUid, inodeGid, inodeTime, inodeFileAcl, inodeBlocks512, fileTypeOfMode, type FileType,
@@ -142,9 +143,10 @@ export function requireDir(info: InodeInfo, path: string, syscall: string): void
  * ext4_do_update_inode): the checksum is stamped over the record now and the block is marked
  * dirty, so later reads through the cache see the change at once.
  */
-export async function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> {
+export function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> | undefined {
   // Called several times per operation: the location and the record's views are kept on the
-  // in-core inode, and a cached table block is taken without bread's promise.
+  // in-core inode, and a cached table block (nearly always) is written synchronously, with no
+  // promise; only a block that must be read first returns one.
   let w = info.writeState;
   if (w === undefined) {
     const loc = inodeLocation(s, info.ino);
@@ -153,7 +155,17 @@ export async function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> {
     w = { block: loc.block, offset: loc.offset, rec, hiFits, pieces: inodeCsumPieces(rec, hiFits) };
     info.writeState = w;
   }
-  const buf = s.cache.peek(w.block) ?? await s.cache.bread(w.block, 'inode table');
+  const buf = s.cache.peek(w.block);
+  if (buf !== undefined) {
+    stampInode(s, info, w, buf);
+    return undefined;
+  }
+  const state = w;
+  return s.cache.bread(w.block, 'inode table').then((b) => stampInode(s, info, state, b));
+}
+
+/** writeInode's second half: checksum the record and copy it into its table block. */
+function stampInode(s: Ext4Super, info: InodeInfo, w: InodeWriteState, buf: MetaBuffer): void {
   if (s.features.metadataCsum) {
     if (inodeCsumHiFits(info.view, s.inodeSize) !== w.hiFits) {
       // i_extra_isize changed: the checksum's layout with it.
