@@ -475,9 +475,13 @@ test('ExtentTree: ENOSPC while a split needs a tree block leaves the tree and th
 test('ExtentTree: concurrent updates of one inode are refused (i_data_sem)', async () => {
   const f = await openImage(4096);
   const t = new ExtentTree(f.s, f.inode, f.alloc);
-  const a = t.insert({ lblk: 0, len: 1, pblk: 5000, unwritten: false });
-  await assert.rejects(new ExtentTree(f.s, f.inode, f.alloc).insert({ lblk: 9, len: 1, pblk: 6000, unwritten: false }), Ext4Bug);
+  // An edit the root can take is synchronous (no other update can run inside it); a full root
+  // must grow a level, which waits for the allocator, and meanwhile a second update is refused.
+  for (let i = 0; i < 4; i++) await t.insert({ lblk: i * 10, len: 1, pblk: 5000 + i * 10, unwritten: false });
+  const a = t.insert({ lblk: 100, len: 1, pblk: 5100, unwritten: false });
+  await assert.rejects(new ExtentTree(f.s, f.inode, f.alloc).insert({ lblk: 209, len: 1, pblk: 6000, unwritten: false }), Ext4Bug);
   await a;
+  assert.equal((await t.checkTree()).depth, 1);
 });
 
 test('e2fsckExtentVerdict: narrower/shorter rules as e2fsck applies them', () => {

@@ -269,6 +269,32 @@ export class ExtentTree {
    */
   async insert(e: ExtentRec): Promise<void> {
     this.checkRec(e);
+    const inRoot = this.inRoot('insert', (xs) => {
+      let pos = 0;
+      while (pos < xs.length && xs[pos]!.lblk <= e.lblk) pos++;
+      const left = xs[pos - 1];
+      const right = xs[pos];
+      assert(left === undefined || left.lblk + left.len <= e.lblk,
+        () => `insert ${e.lblk}+${e.len} overlaps extent ${left?.lblk}+${left?.len} (inode ${this.inode.ino})`);
+      assert(right === undefined || e.lblk + e.len <= right.lblk,
+        () => `insert ${e.lblk}+${e.len} overlaps extent at ${right?.lblk} (inode ${this.inode.ino})`);
+      if (left !== undefined && canMerge(left, e)) {
+        left.len += e.len;
+        if (right !== undefined && canMerge(left, right)) {
+          left.len += right.len;
+          xs.splice(pos, 1);
+        }
+      } else if (right !== undefined && canMerge(e, right)) {
+        xs[pos] = { ...e, len: e.len + right.len };
+      } else {
+        xs.splice(pos, 0, { ...e });
+      }
+      return true;
+    });
+    if (inRoot !== false) {
+      await inRoot;
+      return;
+    }
     await this.mutate('insert', async () => {
       const path = await this.findPath(e.lblk);
       const leaf = lastOf(path);
@@ -327,6 +353,39 @@ export class ExtentTree {
   async markWritten(lblk: number, len: number): Promise<void> {
     assert(Number.isInteger(lblk) && Number.isInteger(len) && lblk >= 0 && len >= 1 && lblk + len <= EXT_LBLK_LIMIT,
       () => `markWritten ${lblk}+${len}`);
+    // The common case in the root: the range is one whole unwritten extent (a new file's
+    // writeback). The rest (splits, several extents) takes the general path.
+    const inRoot = this.inRoot('markWritten', (xs) => {
+      const i = xs.findIndex((x) => x.lblk === lblk && x.len === len && x.unwritten);
+      if (i < 0) return false;
+      let x = xs[i]!;
+      x.unwritten = false;
+      // mergeAround, in the root.
+      const r = xs[i + 1];
+      if (r !== undefined && canMerge(x, r)) {
+        x.len += r.len;
+        xs.splice(i + 1, 1);
+      } else if (r !== undefined && canFill(x, r)) {
+        const shift = EXT_INIT_MAX_LEN - x.len;
+        x.len = EXT_INIT_MAX_LEN;
+        xs[i + 1] = { ...r, lblk: r.lblk + shift, len: r.len - shift, pblk: r.pblk + shift };
+      }
+      const l = xs[i - 1];
+      if (l !== undefined && canMerge(l, x)) {
+        l.len += x.len;
+        xs.splice(i, 1);
+      } else if (l !== undefined && canFill(l, x)) {
+        const shift = EXT_INIT_MAX_LEN - l.len;
+        l.len = EXT_INIT_MAX_LEN;
+        x = { ...x, lblk: x.lblk + shift, len: x.len - shift, pblk: x.pblk + shift };
+        xs[i] = x;
+      }
+      return true;
+    });
+    if (inRoot !== false) {
+      await inRoot;
+      return;
+    }
     await this.mutate('markWritten', async () => {
       const end = lblk + len;
       let cur = lblk;
@@ -425,6 +484,28 @@ export class ExtentTree {
 
   private assertIdle(what: string): void {
     assert(!busyInodes.has(this.inode), () => `${what} on inode ${this.inode.ino} during another extent-tree update`);
+  }
+
+  /**
+   * A tree all in i_block (depth 0: every small file) edited in place, without paths, tree
+   * blocks or promises: `edit` changes a copy of the root's extents and returns true, or false
+   * to leave the operation to the general path, as does a result that would not fit in the root.
+   * Returns false when it did nothing, else the inode write (a promise only when the inode's
+   * table block must be read). Same checks and same result as the general path.
+   */
+  private inRoot(what: string, edit: (xs: ExtentLeafEntry[]) => boolean): false | Promise<void> | undefined {
+    this.assertIdle(what);
+    assert(!this.s.readOnly, () => `${what} on a read-only mount`);
+    this.checkRoot();
+    const root = new ExtentNode(this.inode.iBlock);
+    if (root.depth !== 0) return false;
+    const xs: ExtentLeafEntry[] = [];
+    for (let i = 0; i < root.entries; i++) xs.push(root.leaf(i));
+    if (!edit(xs) || xs.length > root.max) return false;
+    // Sets the count and zeroes slots left past the end, as the general path's removal does.
+    root.shiftTail(root.entries, xs.length);
+    for (const [i, x] of xs.entries()) root.setLeaf(i, x);
+    return writeInode(this.s, this.inode);
   }
 
   /**
