@@ -13,12 +13,13 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pack } from 'tar-stream';
 import { makeSpec, writeHostTree, assertFsckClean } from './helpers.js';
+import { haveCommands, requireCommands, skipBecause } from '../helpers/env.js';
 
 const CLI = resolve(import.meta.dirname, '../../src/cli/main.js');
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-build-cli-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 const tree = join(work, 'tree');
-const hasAttr = spawnSync('sh', ['-c', 'command -v getfattr && command -v setfattr']).status === 0;
+const hasAttr = haveCommands('getfattr', 'setfattr');
 const spec = makeSpec({ seed: 5, bigDir: 20 });
 writeHostTree(spec, tree);
 
@@ -42,16 +43,13 @@ test('ext4ts mkfs -d DIR IMAGE: summary line, no progress bar off a terminal, e2
 });
 
 test('ext4ts mkfs -d copies a directory\'s xattrs (getfattr); --no-xattrs copies none', (t) => {
-  if (!hasAttr) {
-    t.skip('getfattr or setfattr (package attr) is missing');
-    return;
-  }
+  requireCommands('attr', 'getfattr', 'setfattr');
   const src = join(work, 'xtree');
   mkdirSync(src);
   writeFileSync(join(src, 'tool'), 'x');
   const set = spawnSync('setfattr', ['-n', 'user.note', '-v', 'kept', join(src, 'tool')], { encoding: 'utf8' });
   if (set.status !== 0) {
-    t.skip(`the host filesystem of ${tmpdir()} takes no user xattrs: ${set.stderr}`);
+    skipBecause(t, `the host filesystem of ${tmpdir()} takes no user xattrs: ${set.stderr}`);
     return;
   }
   for (const [name, extra, want] of [['xa.img', [], /user\.note \(4\) = "kept"/], ['xn.img', ['--no-xattrs'], /^$/]] as const) {

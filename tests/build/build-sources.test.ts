@@ -18,13 +18,14 @@ import {
   makeSpec, writeManifest, writeTar, writeHostTree, gzip, expectFromSpec, expectFromHost, verifyImage, writeHostFile, CAP_NET_RAW,
   type SpecEntry, type Expect,
 } from './helpers.js';
+import { haveCommands, requireCommands, skipBecause } from '../helpers/env.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-build-src-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
 const SEED = Number(process.env['SEED'] ?? 7);
 const spec = makeSpec({ seed: SEED, special: true });
 
-const hasGetfattr = spawnSync('sh', ['-c', 'command -v getfattr && command -v setfattr']).status === 0;
+const hasGetfattr = haveCommands('getfattr', 'setfattr');
 
 function counts(spec: readonly SpecEntry[], t: SpecEntry['type']): number {
   return spec.filter((e) => e.type === t).length;
@@ -117,10 +118,7 @@ function aclXattr(): Uint8Array {
 }
 
 test('build from a host directory with extended attributes (read by getfattr): every namespace, ACLs, binary and empty values, escaped names; xattrs: false copies none', async (t) => {
-  if (!hasGetfattr) {
-    t.skip('getfattr or setfattr (package attr) is missing');
-    return;
-  }
+  requireCommands('attr', 'getfattr', 'setfattr');
   const plain = makeSpec({ seed: SEED + 3, special: false });
   const t0 = { sec: 1_600_000_000, nsec: 5 };
   // A name getfattr must escape (\012, \134) and one with "=".
@@ -144,7 +142,7 @@ test('build from a host directory with extended attributes (read by getfattr): e
     for (const [name, value] of Object.entries(xs)) {
       const r = spawnSync('setfattr', ['-h', '-n', name, ...(value.length > 0 ? ['-v', `0x${Buffer.from(value).toString('hex')}`] : []), join(root, p)]);
       if (r.status !== 0 && name === 'user.root') {
-        t.skip(`the host filesystem of ${tmpdir()} takes no user xattrs: ${r.stderr}`);
+        skipBecause(t, `the host filesystem of ${tmpdir()} takes no user xattrs: ${r.stderr}`);
         return;
       }
       assert.equal(r.status, 0, `setfattr ${name} on ${p}: ${r.stderr}`);
@@ -169,10 +167,8 @@ test('build from a host directory with extended attributes (read by getfattr): e
 });
 
 test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-stream would corrupt them)', async (t) => {
-  if (spawnSync('sh', ['-c', 'command -v tar && command -v setfattr']).status !== 0) {
-    t.skip('GNU tar or setfattr (package attr) is missing');
-    return;
-  }
+  requireCommands('tar', 'tar');
+  requireCommands('attr', 'setfattr');
   const root = join(work, 'xtree');
   const t0 = { sec: 0, nsec: 0 };
   const tool = new Uint8Array(5000).fill(7);
@@ -185,7 +181,7 @@ test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-
   writeHostFile(join(root, 'bin/tool'), tool, false);
   const bin = spawnSync('setfattr', ['-n', 'user.bin', '-v', '0xff00fe80c3', join(root, 'bin/tool')]);
   if (bin.status !== 0) {
-    t.skip(`the host filesystem of ${tmpdir()} takes no user xattrs: ${bin.stderr}`);
+    skipBecause(t, `the host filesystem of ${tmpdir()} takes no user xattrs: ${bin.stderr}`);
     return;
   }
   spawnSync('setfattr', ['-n', 'user.text', '-v', 'hello', join(root, 'bin')]);

@@ -23,6 +23,7 @@ import {
   type ManifestEntry,
   type TimeSpec,
 } from '../helpers/fixtures.js';
+import { requireCommands } from '../helpers/env.js';
 
 function run(cmd: string, args: string[], input?: string): { status: number | null; out: string; err: string } {
   const r = spawnSync(cmd, args, { input, maxBuffer: 1 << 28, encoding: 'utf8' });
@@ -30,7 +31,6 @@ function run(cmd: string, args: string[], input?: string): { status: number | nu
   return { status: r.status, out: r.stdout, err: r.stderr };
 }
 
-const hasE2fsprogs = run('sh', ['-c', 'command -v e2fsck && command -v debugfs']).status === 0;
 
 interface DebugfsStat {
   ino: number;
@@ -113,7 +113,8 @@ function debugfsStats(image: string, paths: string[]): Map<string, string> {
 }
 
 for (const name of listFixtures()) {
-  test(`fixture ${name}: e2fsck -fn is clean and debugfs agrees with the manifest`, { skip: hasE2fsprogs ? false : 'e2fsprogs (e2fsck, debugfs) not installed' }, async (t) => {
+  test(`fixture ${name}: e2fsck -fn is clean and debugfs agrees with the manifest`, async (t) => {
+    requireCommands('e2fsprogs', 'e2fsck', 'debugfs');
     const fx = await loadFixture(name);
     try {
       const m = fx.manifest;

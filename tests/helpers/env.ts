@@ -1,4 +1,6 @@
-/** Reading test knobs from the environment. */
+/** Reading test knobs from the environment, and what the machine lets a test do. */
+import { spawnSync } from 'node:child_process';
+import type { TestContext } from 'node:test';
 
 /** A non-negative integer from environment variable `name`, or `dflt` when unset or empty. */
 export function envInt(name: string, dflt: number): number {
@@ -7,4 +9,29 @@ export function envInt(name: string, dflt: number): number {
   const v = Number(raw);
   if (!Number.isSafeInteger(v) || v < 0) throw new Error(`${name}=${raw}: not a non-negative integer`);
   return v;
+}
+
+/** True when every command is on PATH. */
+export function haveCommands(...cmds: string[]): boolean {
+  return cmds.every((c) => spawnSync('sh', ['-c', 'command -v "$1"', 'sh', c]).status === 0);
+}
+
+/**
+ * Tools a test needs as its oracle or to make its input: when one is missing the test fails,
+ * naming the Debian package (.ci/run installs them). It never skips: a skipped oracle proves
+ * nothing.
+ */
+export function requireCommands(pkg: string, ...cmds: string[]): void {
+  const missing = cmds.filter((c) => !haveCommands(c));
+  if (missing.length > 0) throw new Error(`${missing.join(', ')} not found: install the Debian package ${pkg} (.ci/run does)`);
+}
+
+/**
+ * Skips a test this machine cannot run (not root, no loop device, a host filesystem that takes
+ * no user xattrs or no sparse file that large, another mke2fs version), printing why on the
+ * test output as well as in the skip directive, so no skip goes unexplained.
+ */
+export function skipBecause(t: TestContext, reason: string): void {
+  process.stdout.write(`# skipped "${t.name}": ${reason}\n`);
+  t.skip(reason);
 }

@@ -23,6 +23,7 @@ import { parseDirBlock } from '../../src/format/dirent.js';
 import { setDirBlockCsum } from '../../src/format/dirent.js';
 import { Inode, setInodeCsum, setInodeSizeBytes } from '../../src/format/inode.js';
 import { inodeLocation } from '../../src/fs/inode/inode.js';
+import { requireCommands, skipBecause } from '../helpers/env.js';
 
 const root = mkdtempSync(join(tmpdir(), 'ext4ts-hostile-'));
 process.on('exit', () => rmSync(root, { recursive: true, force: true }));
@@ -234,10 +235,7 @@ function hostXattr(path: string, name: string): string | undefined {
 }
 
 test('get: extended attributes come back through setfattr (capabilities, ACLs, binary values, a link\'s own); a name spelling dump lines writes nothing elsewhere; xattrs: false restores none', async (t) => {
-  if (spawnSync('sh', ['-c', 'command -v setfattr && command -v getfattr']).status !== 0) {
-    t.skip('setfattr or getfattr (package attr) is missing');
-    return;
-  }
+  requireCommands('attr', 'setfattr', 'getfattr');
   const victimFile = join(root, 'xattr-victim');
   writeFileSync(victimFile, 'v');
   const cap = '0100000200200000000000000000000000000000';
@@ -260,7 +258,7 @@ test('get: extended attributes come back through setfattr (capabilities, ACLs, b
     for (const [p, name, hex] of want) if (!setfattr(['-h', '-n', name, '-v', `0x${hex}`, join(tree, p)])) refused ||= name;
   });
   if (refused !== '') {
-    t.skip(`the host filesystem of ${tmpdir()} refused ${JSON.stringify(refused)}`);
+    skipBecause(t, `the host filesystem of ${tmpdir()} refused ${JSON.stringify(refused)}`);
     return;
   }
   const r = await extractChecked(img);

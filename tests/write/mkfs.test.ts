@@ -25,6 +25,7 @@ import { sizeTypeOf, applyFeatureEdits } from '../../src/fs/mkfs/options.js';
 import { computeGeometry, lostFoundBlockCount } from '../../src/fs/mkfs/layout.js';
 import { defaultJournalBlocks } from '../../src/fs/mkfs/mkfs.js';
 import { parseSize } from '../../src/cli/mkfs-command.js';
+import { requireCommands, skipBecause } from '../helpers/env.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ext4ts-mkfs-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -71,7 +72,10 @@ const MKE2FS_VERSION = (() => {
   const r = spawnSync('mke2fs', ['-V']);
   return /mke2fs (\d+\.\d+)/.exec(r.stderr?.toString() ?? '')?.[1];
 })();
-const HAVE_E2FSPROGS = MKE2FS_VERSION !== undefined;
+/** e2fsck, dumpe2fs and mkfs.ext4 are this file's oracles: missing, a test fails. */
+function requireE2fsprogs(): void {
+  requireCommands('e2fsprogs', 'mke2fs', 'mkfs.ext4', 'e2fsck', 'dumpe2fs');
+}
 const SAME_MKE2FS = MKE2FS_VERSION === '1.47';
 
 let counter = 0;
@@ -123,9 +127,11 @@ const SB_MASKS: [number, number][] = [[0x178, 0x180], [0x3fc, 0x400]];
 function compareImages(a: string, b: string, r: MkfsResult): number[] | string {
   const size = statSync(a).size;
   if (statSync(b).size !== size) return [-1];
-  let ranges = [...(dataRanges(a) ?? []), ...(dataRanges(b) ?? [])];
-  if (dataRanges(a) === undefined || dataRanges(b) === undefined) {
-    if (size > 4 * GiB) return 'filefrag is unavailable and the images are too big to read whole';
+  const ra = dataRanges(a);
+  const rb = dataRanges(b);
+  let ranges = [...(ra ?? []), ...(rb ?? [])];
+  if (ra === undefined || rb === undefined) {
+    if (size > 4 * GiB) return 'filefrag cannot map the images on this host filesystem and they are too big to read whole';
     ranges = [[0, size]];
   }
   const bs = r.blockSize;
@@ -216,13 +222,13 @@ function mkfsExt4(c: Case, path: string): string | undefined {
 
 for (const c of CASES) {
   test(`mkfs: ${c.desc} — e2fsck clean, dumpe2fs agrees, equals mkfs.ext4 byte for byte`, async (t) => {
-    if (!HAVE_E2FSPROGS) return t.skip('e2fsprogs is not installed');
+    requireE2fsprogs();
     const ours = imgPath(c.desc);
     let r: MkfsResult;
     try {
       r = await mkfs(ours, { sizeBytes: c.size, uuid: UUID, hashSeed: SEED, clock: fixedClock(TIME), ...c.opts });
     } catch (e) {
-      if (e instanceof PosixError && e.code === 'EFBIG') return t.skip(`host filesystem: ${e.message}`);
+      if (e instanceof PosixError && e.code === 'EFBIG') return skipBecause(t, `host filesystem: ${e.message}`);
       throw e;
     }
     assertFsckClean(ours);
@@ -234,20 +240,20 @@ for (const c of CASES) {
     assert.equal(Number(d.get('Free blocks')), r.freeBlocksCount);
     assert.equal(Number(d.get('Reserved block count')), r.reservedBlocksCount);
     assert.deepEqual((d.get('Filesystem features') ?? '').split(/\s+/).sort(), r.features.map((x) => (x === 'gdt_csum' ? 'uninit_bg' : x)).sort());
-    if (!SAME_MKE2FS) return t.skip(`mke2fs ${MKE2FS_VERSION} is not 1.47: no byte comparison`);
+    if (!SAME_MKE2FS) return skipBecause(t, `mke2fs ${MKE2FS_VERSION} is not 1.47: no byte comparison`);
     const ref = imgPath(`${c.desc}-ref`);
     const why = mkfsExt4(c, ref);
-    if (why !== undefined) return t.skip(why);
+    if (why !== undefined) return skipBecause(t, why);
     const diffs = compareImages(ours, ref, r);
     rmSync(ref, { force: true });
-    if (typeof diffs === 'string') return t.skip(diffs);
+    if (typeof diffs === 'string') return skipBecause(t, diffs);
     assert.deepEqual(diffs, [], `blocks differing from mkfs.ext4's image: ${diffs.join(', ')}`);
     rmSync(ours, { force: true });
   });
 }
 
 test('mkfs: geometry choices equal plain mkfs.ext4 -O ^resize_inode (inodes, groups, journal, reserved)', async (t) => {
-  if (!HAVE_E2FSPROGS) return t.skip('e2fsprogs is not installed');
+  requireE2fsprogs();
   for (const [size, bs] of [[MiB, 0], [8 * MiB, 0], [64 * MiB, 0], [300 * MiB, 0], [2 * GiB, 0], [64 * MiB, 4096], [300 * MiB, 2048], [2 * GiB, 1024]] as const) {
     const ours = imgPath('geo');
     const ref = imgPath('geo-ref');
@@ -303,15 +309,15 @@ test('mkfs: the read path opens the image and reads root and lost+found', async 
 });
 
 test('mkfs: the Linux kernel mounts the image, takes a file, and e2fsck stays clean', async (t) => {
-  if (process.getuid?.() !== 0) return t.skip('not root: cannot loop-mount');
-  if (!HAVE_E2FSPROGS) return t.skip('e2fsprogs is not installed');
+  if (process.getuid?.() !== 0) return skipBecause(t, 'not root: cannot loop-mount');
+  requireE2fsprogs();
   for (const opts of [{}, { features: '^metadata_csum' }, { blockSize: 4096 }] as MkfsTargetOptions[]) {
     const img = imgPath('kernel');
     await mkfs(img, { sizeBytes: 64 * MiB, rootOwner: { uid: 1000, gid: 1000 }, ...opts });
     const mnt = join(dir, `mnt-${counter++}`);
     mkdirSync(mnt);
     const m = spawnSync('mount', ['-o', 'loop', img, mnt]);
-    if (m.status !== 0) return t.skip(`mount failed: ${m.stderr.toString().trim()}`);
+    if (m.status !== 0) return skipBecause(t, `mount failed: ${m.stderr.toString().trim()}`);
     try {
       const ls = execFileSync('ls', ['-la', mnt]).toString();
       assert.match(ls, /drwx------ +2 root +root +\d+ .* lost\+found/);
@@ -355,7 +361,7 @@ test('mkfs: a 4 TiB sparse image is made in moments, writes little, and e2fsck p
   try {
     r = await mkfs(img, { sizeBytes: 4 * TiB });
   } catch (e) {
-    if (e instanceof PosixError && e.code === 'EFBIG') return t.skip(`host filesystem: ${e.message}`);
+    if (e instanceof PosixError && e.code === 'EFBIG') return skipBecause(t, `host filesystem: ${e.message}`);
     throw e;
   }
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
@@ -364,7 +370,7 @@ test('mkfs: a 4 TiB sparse image is made in moments, writes little, and e2fsck p
   assert.equal(r.blocksCount, 1024 * 1024 * 1024);
   assert.equal(r.inodesCount, 4 * TiB / 32768, 'big: one inode per 32 KiB');
   assert.ok(du < 256 * MiB, `only metadata is written (du ${du})`);
-  if (!HAVE_E2FSPROGS) return t.skip('e2fsprogs is not installed');
+  requireE2fsprogs();
   const f0 = process.hrtime.bigint();
   assertFsckClean(img);
   t.diagnostic(`e2fsck -fn on 4 TiB: ${(Number(process.hrtime.bigint() - f0) / 1e6).toFixed(0)} ms`);
@@ -372,7 +378,7 @@ test('mkfs: a 4 TiB sparse image is made in moments, writes little, and e2fsck p
 });
 
 test('mkfs: a BlockDevice with stale contents — journal zeroed, lazy inode tables, e2fsck clean', async (t) => {
-  if (!HAVE_E2FSPROGS) return t.skip('e2fsprogs is not installed');
+  requireE2fsprogs();
   for (const features of [undefined, '^metadata_csum', '^metadata_csum,^uninit_bg', '^flex_bg,^64bit']) {
     const data = seededRandom(99).fill(new Uint8Array(64 * MiB));
     const r = await mkfs(new MemDevice(data), { ...(features !== undefined ? { features } : {}), random: seededRandom(5), clock: fixedClock(TIME) });
@@ -445,7 +451,7 @@ test('ext4ts mkfs: the command makes an image, prints a summary, and fails in on
   const badSize = run('mkfs', img, '12Q');
   assert.equal(badSize.code, 1);
   assert.match(badSize.err, /invalid size "12Q"/);
-  if (!HAVE_E2FSPROGS) return t.skip('e2fsprogs is not installed');
+  requireE2fsprogs();
   assertFsckClean(img);
 });
 
