@@ -11,7 +11,7 @@ import { iterateDir, type DirEntry } from '../fs/dir/dir.js';
 import { resolvePath, readSymlink, isFastSymlink } from '../fs/namei.js';
 import { FileMap, readMappedRange } from '../fs/inode/file-map.js';
 import { inlineBytes } from '../fs/inode/inline.js';
-import { readXattrs, readVisibleXattrs, visibleXattrValue } from '../fs/xattr/xattr-read.js';
+import { readXattrs, readVisibleXattrs, visibleXattrValue, isListedXattr } from '../fs/xattr/xattr-read.js';
 import { listIndirectBlocks } from '../fs/inode/block-map.js';
 import { decodeRdev } from '../format/inode.js';
 import { blocksCount, freeBlocksCount, rBlocksCount, sbTime, superblockFeatureNames } from '../format/superblock.js';
@@ -318,15 +318,15 @@ export class Ext4 {
   /** getxattr(): the value of one extended attribute, ENODATA if absent. */
   async getxattr(path: string, name: string): Promise<Uint8Array> {
     const info = await resolvePath(this.sup, path, false, 'getxattr');
-    const e = (await readXattrs(this.sup, info)).find((x) => x.name === name);
+    const e = (await readXattrs(this.sup, info)).find((x) => isListedXattr(x) && x.name === name);
     if (e === undefined) throw new PosixError('ENODATA', 'getxattr', path);
     return visibleXattrValue(e.name, e.value, info.ino);
   }
 
-  /** listxattr(): names of all extended attributes (the inline-data carrier excluded). */
+  /** listxattr(): names of the extended attributes a handler takes (isListedXattr). */
   async listxattr(path: string): Promise<string[]> {
     const info = await resolvePath(this.sup, path, false, 'listxattr');
-    return (await readXattrs(this.sup, info)).map((x) => x.name).filter((n) => n !== 'system.data');
+    return (await readXattrs(this.sup, info)).filter(isListedXattr).map((x) => x.name);
   }
 
   /** All xattrs of an inode with values. */

@@ -321,6 +321,12 @@ class Extractor {
       this.skip(imgPath, `extended attributes not restored: ${(err as Error).message}`);
       return;
     }
+    // A name whose bytes are not UTF-8 would be restored under another name (U+FFFD for each
+    // bad byte). (A NUL never gets here: the format layer refuses it as corruption, and
+    // formatGetfattrBlock asserts it, since setfattr's line reader stops at a NUL.)
+    const bad = xs.filter((x) => x.name.includes('\uFFFD'));
+    for (const x of bad) this.skip(imgPath, `extended attribute ${JSON.stringify(x.name)} not restored: its name is not valid UTF-8`);
+    if (bad.length > 0) xs = xs.filter((x) => !bad.includes(x));
     if (xs.length === 0) return;
     this.xattrDump += formatGetfattrBlock(host, xs);
     this.xattrEntries.push({ host, imgPath, count: xs.length });
@@ -348,12 +354,15 @@ class Extractor {
     }
     const failed = new Set<string>();
     let said = false;
+    // "setfattr: PATH: REASON" (strerror has no ": "): the path is what lies between.
+    const byHost = new Map(entries.map((x) => [x.host, x]));
     for (const line of r.stderr.toString('utf8').split('\n')) {
       if (line === '') continue;
       said = true;
-      const e = entries.find((x) => line.startsWith(`setfattr: ${x.host}: `));
+      const cut = line.lastIndexOf(': ');
+      const e = line.startsWith('setfattr: ') && cut > 10 ? byHost.get(line.slice(10, cut)) : undefined;
       if (e !== undefined) failed.add(e.host);
-      this.skip(e?.imgPath ?? entries[0]!.imgPath, `extended attribute not restored: ${e !== undefined ? line.slice(`setfattr: ${e.host}: `.length) : line}`);
+      this.skip(e?.imgPath ?? entries[0]!.imgPath, `extended attribute not restored: ${e !== undefined ? line.slice(cut + 2) : line}`);
     }
     if (r.status !== 0 && !said) this.skip(entries[0]!.imgPath, `extended attributes not restored: setfattr exited with ${r.status ?? r.signal}`);
     // Counted per entry: setfattr names the file that failed, not the attribute.

@@ -86,6 +86,15 @@ export const XATTR_PREFIXES: Readonly<Record<number, string>> = {
   1: 'user.', 2: 'system.posix_acl_access', 3: 'system.posix_acl_default', 4: 'trusted.',
   6: 'security.', 7: 'system.', 8: 'system.richacl',
 };
+/**
+ * The name indexes the kernel has a handler for (user, both POSIX ACLs, trusted, security):
+ * listxattr shows entries of these only and getxattr finds only these. Others (system.data, the
+ * inline-data carrier; richacl, lustre, encryption, unknown indexes) are hidden.
+ */
+export const XATTR_LISTED_INDEXES: ReadonlySet<number> = new Set([
+  EXT4_XATTR_INDEX_USER, EXT4_XATTR_INDEX_POSIX_ACL_ACCESS, EXT4_XATTR_INDEX_POSIX_ACL_DEFAULT,
+  EXT4_XATTR_INDEX_TRUSTED, EXT4_XATTR_INDEX_SECURITY,
+]);
 /** Indexes whose prefix is a whole name (the entry's own name is empty). */
 const WHOLE_NAME_INDEXES = [EXT4_XATTR_INDEX_POSIX_ACL_ACCESS, EXT4_XATTR_INDEX_POSIX_ACL_DEFAULT, EXT4_XATTR_INDEX_RICHACL];
 /** Prefix indexes, tried in order by splitXattrName. */

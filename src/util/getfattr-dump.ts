@@ -6,7 +6,8 @@
  * "quoted text" with the same escapes (getfattr's -e base64, hex and text).
  */
 import { PosixError } from './errors.js';
-import { decodeBase64, decodeHex } from './bytes.js';
+import { decodeBase64, decodeHex, decodeUtf8Strict } from './bytes.js';
+import { assert } from './assert.js';
 
 /** One attribute: its full name and value bytes. */
 export interface DumpXattr {
@@ -14,7 +15,6 @@ export interface DumpXattr {
   value: Uint8Array;
 }
 
-const fatalUtf8 = new TextDecoder('utf-8', { fatal: true });
 const NL = 0x0a;
 const BACKSLASH = 0x5c;
 const FILE_TAG = new TextEncoder().encode('# file: ');
@@ -70,12 +70,10 @@ export function parseGetfattrDump(out: Uint8Array): Map<string, DumpXattr[]> {
       continue;
     }
     if (startsWith(line, FILE_TAG)) {
+      const path = decodeUtf8Strict(unescapeOctal(line.subarray(FILE_TAG.length)));
       cur = undefined;
-      try {
-        curPath = fatalUtf8.decode(unescapeOctal(line.subarray(FILE_TAG.length)));
-      } catch {
-        continue;
-      }
+      if (path === undefined) continue;
+      curPath = path;
       cur = [];
       byPath.set(curPath, cur);
       continue;
@@ -83,12 +81,8 @@ export function parseGetfattrDump(out: Uint8Array): Map<string, DumpXattr[]> {
     if (cur === undefined) continue;
     const eq = line.indexOf(0x3d);
     const rawName = eq < 0 ? line : line.subarray(0, eq);
-    let name: string;
-    try {
-      name = fatalUtf8.decode(unescapeOctal(rawName));
-    } catch {
-      continue;
-    }
+    const name = decodeUtf8Strict(unescapeOctal(rawName));
+    if (name === undefined) continue;
     cur.push({ name, value: eq < 0 ? new Uint8Array(0) : decodeValue(line.subarray(eq + 1), curPath) });
   }
   for (const list of byPath.values()) list.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -109,6 +103,8 @@ function escapeOctal(s: string, alsoEq: boolean): string {
 
 /** One block of a dump for `path` (values in base64), as `setfattr --restore` reads it. */
 export function formatGetfattrBlock(path: string, xattrs: readonly DumpXattr[]): string {
+  // setfattr's line reader stops at a NUL: one would cut a line short and desynchronise the dump.
+  assert(!path.includes('\0') && xattrs.every((x) => !x.name.includes('\0')), () => `getfattr dump of ${JSON.stringify(path)}: a NUL in a path or name`);
   let out = `# file: ${escapeOctal(path, false)}\n`;
   for (const x of xattrs) out += `${escapeOctal(x.name, true)}=0s${Buffer.from(x.value).toString('base64')}\n`;
   return `${out}\n`;

@@ -45,13 +45,13 @@ function snapshot(dir: string, skip: string): string[] {
   return out;
 }
 
-/** Builds an image from a tree made by `populate`; returns its bytes. */
-function buildImage(name: string, populate: (tree: string) => void): Uint8Array {
+/** Builds an image from a tree made by `populate` (`mkfsArgs`: more mke2fs options); returns its bytes. */
+function buildImage(name: string, populate: (tree: string) => void, mkfsArgs: string[] = []): Uint8Array {
   const tree = join(root, `${name}-tree`);
   mkdirSync(tree);
   populate(tree);
   const img = join(root, `${name}.img`);
-  execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '1024', '-d', tree, img, '4M'], { stdio: 'pipe' });
+  execFileSync('mke2fs', ['-q', '-F', '-t', 'ext4', '-b', '1024', ...mkfsArgs, '-d', tree, img, '4M'], { stdio: 'pipe' });
   rmSync(tree, { recursive: true, force: true });
   return new Uint8Array(readFileSync(img));
 }
@@ -272,4 +272,67 @@ test('get: extended attributes come back through setfattr (capabilities, ACLs, b
   const bare = await extractChecked(img, { xattrs: false });
   assert.equal(bare.summary?.xattrs, 0);
   for (const [p, name] of want) assert.equal(hostXattr(join(bare.dest, p), name), undefined, `${p} ${name} not restored`);
+});
+
+/**
+ * Rewrites one in-inode xattr entry of `path`, found by its name bytes (after the prefix): a new
+ * name index and/or new name bytes of the same length; the inode checksum is recomputed.
+ */
+async function patchIbodyXattr(img: Uint8Array, path: string, oldName: string, change: { index?: number; name?: Uint8Array }): Promise<void> {
+  const fs = await Ext4.open(new MemDevice(img, true));
+  const st = await fs.lstat(path);
+  const loc = inodeLocation(fs.sup, st.ino);
+  const isz = fs.sup.inodeSize;
+  const rec = img.subarray(loc.block * fs.sup.blockSize + loc.offset, loc.block * fs.sup.blockSize + loc.offset + isz);
+  const at = Buffer.from(rec).indexOf(Buffer.from(oldName));
+  assert.ok(at > 128, `xattr name ${oldName} not found in the in-inode area of ${path}`);
+  // The entry header is 16 bytes before the name: e_name_len, e_name_index, ...
+  if (change.index !== undefined) rec[at - 15] = change.index;
+  if (change.name !== undefined) {
+    assert.equal(change.name.length, oldName.length, 'patched names keep their length');
+    rec.set(change.name, at);
+  }
+  const padded = new Uint8Array(Math.max(isz, 160));
+  padded.set(rec);
+  setInodeCsum(new Inode(padded, 0), padded.subarray(0, isz), st.ino, fs.sup.csumSeed);
+  rec.set(padded.subarray(0, isz));
+}
+
+test('get: an xattr of a name index with no handler is neither listed nor restored; a name holding a NUL fails that entry\'s attributes as corrupt; a name that is not UTF-8 is skipped with a warning; nothing outside HOSTDEST is touched', async () => {
+  requireCommands('attr', 'setfattr', 'getfattr');
+  const victimFile = join(root, 'nul-victim');
+  writeFileSync(victimFile, 'v');
+  const pad = (s: string): string => s.padEnd(80, 'z').slice(0, 80);
+  const enc = (s: string): Uint8Array => new TextEncoder().encode(s);
+  const img = buildImage('oddxattr', (tree) => {
+    for (const f of ['f', 'g', 'h']) {
+      writeFileSync(join(tree, f), 'x');
+      for (const [name, v] of [['odd', '68'], ['ok', '6f6b']] as const) {
+        assert.ok(setfattr(['-n', `user.${pad(name)}`, '-v', `0x${v}`, join(tree, f)]), `setfattr user.${name} on ${f}`);
+      }
+    }
+  }, ['-I', '512']);
+  // f: index 0 has no handler, so its name is bare bytes, here a dump header for the victim.
+  const header = pad(`\n# file: ${victimFile}\n`);
+  await patchIbodyXattr(img, '/f', pad('odd'), { index: 0, name: enc(header) });
+  // g: a NUL, which setfattr's line reader would stop at.
+  await patchIbodyXattr(img, '/g', pad('odd'), { name: enc(pad(`nul\0\n# file: ${victimFile}`)) });
+  // h: bytes that are not UTF-8.
+  const notUtf8 = enc(pad('odd'));
+  notUtf8[3] = 0xff;
+  await patchIbodyXattr(img, '/h', pad('odd'), { name: notUtf8 });
+  const ro = await Ext4.open(new MemDevice(img, true));
+  assert.deepEqual(await ro.listxattr('/f'), [`user.${pad('ok')}`], 'listxattr shows no entry of an index without a handler');
+  await assert.rejects(ro.getxattr('/f', header), /ENODATA/);
+  await ro.close();
+  const r = await extractChecked(img);
+  assert.equal(r.error, undefined);
+  assert.equal(r.warnings.length, 2, JSON.stringify(r.warnings));
+  assert.match(r.warnings.find((w) => w.startsWith('/g:')) ?? '', /extended attributes not restored: .*NUL/);
+  assert.match(r.warnings.find((w) => w.startsWith('/h:')) ?? '', /not valid UTF-8/);
+  assert.equal(hostXattr(join(r.dest, 'f'), `user.${pad('ok')}`), '6f6b');
+  assert.equal(hostXattr(join(r.dest, 'h'), `user.${pad('ok')}`), '6f6b');
+  assert.equal(spawnSync('getfattr', ['-d', '-m', '-', join(r.dest, 'f')], { encoding: 'utf8' }).stdout.split('\n').filter((l) => l.startsWith('user.')).length, 1, 'f got only its listed attribute');
+  assert.equal(r.summary?.xattrs, 2);
+  assert.equal(spawnSync('getfattr', ['-d', '-m', '-', victimFile], { encoding: 'utf8' }).stdout, '', 'the victim got no attribute');
 });

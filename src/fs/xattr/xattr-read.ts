@@ -6,7 +6,7 @@
  */
 import type { Ext4Super } from '../super.js';
 import type { InodeInfo } from '../inode/inode.js';
-import { parseXattrIbody, parseXattrBlock, parseExt4Acl, encodePosixAclXattr, type XattrEntry } from '../../format/xattr.js';
+import { parseXattrIbody, parseXattrBlock, parseExt4Acl, encodePosixAclXattr, XATTR_LISTED_INDEXES, type XattrEntry } from '../../format/xattr.js';
 import { Corrupt } from '../../util/errors.js';
 
 /** All xattrs of an inode: in-inode ones first, then the block's. */
@@ -49,9 +49,18 @@ export function visibleXattrValue(name: string, value: Uint8Array, ino: number):
   return value;
 }
 
-/** The xattrs listxattr(2) shows (not the inline-data carrier, system.data), with getxattr's values. */
+/**
+ * True for an entry listxattr(2) shows and getxattr(2) finds: one of a name index with a
+ * handler (XATTR_LISTED_INDEXES). An entry of another index (system.data, or an unknown index
+ * whose name is bare bytes a hostile image chose) is never handed out.
+ */
+export function isListedXattr(e: XattrEntry): boolean {
+  return XATTR_LISTED_INDEXES.has(e.nameIndex);
+}
+
+/** The xattrs listxattr(2) shows (isListedXattr), with getxattr's values. */
 export async function readVisibleXattrs(s: Ext4Super, info: InodeInfo): Promise<{ name: string; value: Uint8Array }[]> {
   return (await readXattrs(s, info))
-    .filter((x) => x.name !== 'system.data')
+    .filter(isListedXattr)
     .map((x) => ({ name: x.name, value: visibleXattrValue(x.name, x.value, info.ino) }));
 }
