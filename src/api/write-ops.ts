@@ -32,7 +32,7 @@ export function toTimespec(t: TimeArg): Timespec {
 }
 
 /** OpenOptions.metadataDirtyLimitBytes's default. */
-export const DEFAULT_METADATA_DIRTY_BYTES = 32 << 20;
+const DEFAULT_METADATA_DIRTY_BYTES = 32 << 20;
 
 export class WriteOps {
   readonly ns: Namespace;

@@ -242,6 +242,11 @@ class Builder {
     await unlink(this.tmp).catch(() => undefined);
   }
 
+  /** The block size asked for; 4096 when auto-sizing; undefined: mkfs picks from SIZE. */
+  private blockSizeChoice(): number | undefined {
+    return this.opts.mkfs?.blockSize ?? (this.opts.sizeBytes === undefined ? 4096 : undefined);
+  }
+
   /**
    * The first walk (step 1): everything the build must know before writing, with no list of
    * the entries kept: counts for progress and the summary, what the content needs at each
@@ -253,8 +258,7 @@ class Builder {
     const sdeEpoch = clockFromSourceDateEpoch(o.env ?? process.env)?.now().sec;
     // Mtimes in the future do not count for the default epoch (see setClock).
     const nowSec = systemClock.now().sec;
-    const auto = o.sizeBytes === undefined;
-    const bs = o.mkfs?.blockSize ?? (auto ? 4096 : undefined);
+    const bs = this.blockSizeChoice();
     // Without a block size, mkfs picks one from the size: count for every size it may pick.
     const sizes = bs !== undefined ? [bs] : [1024, 2048, 4096, 8192, 16384, 32768, 65536];
     const plan: Plan = {
@@ -340,7 +344,7 @@ class Builder {
   private async makeFilesystem(walked: Plan, reproducible: boolean): Promise<MkfsResult> {
     const o = this.opts;
     const auto = o.sizeBytes === undefined;
-    const bs = o.mkfs?.blockSize ?? (auto ? 4096 : undefined);
+    const bs = this.blockSizeChoice();
     const base: MkfsOptions = { ...o.mkfs, reproducible };
     if (bs !== undefined) base.blockSize = bs;
     // mkfs gives the root its owner directly.
@@ -660,13 +664,6 @@ export class UuidHasher {
     u[8] = (u[8]! & 0x3f) | 0x80;
     return u;
   }
-}
-
-/** UuidHasher over a whole list. */
-export function deriveUuid(entries: Iterable<BuildEntry>, epoch: number, label: string): Uint8Array {
-  const h = new UuidHasher(label);
-  for (const e of entries) h.add(e, epoch);
-  return h.digest(epoch);
 }
 
 /** What the first walk learned (Builder.planWalk). */

@@ -203,11 +203,6 @@ export class ContentFetcher {
     this.fill();
   }
 
-  /** How many files were pushed and not yet handed out. */
-  get size(): number {
-    return this.queued.length - this.queuedAt + this.window.length;
-  }
-
   /** The next pushed file and its chunks, in push order. */
   next(): { entry: BuildEntry; chunks: AsyncGenerator<Chunk> } {
     this.fill();

@@ -146,7 +146,7 @@ export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES, xattrs =
 }
 
 /** Entries a first walk keeps for the next by default (see scanDirectory; ~27 MiB at most). */
-export const KEPT_ENTRIES = 50_000;
+const KEPT_ENTRIES = 50_000;
 
 /** Yields `walk`'s entries; `done` gets them all if the walk ended within `max`. */
 function* keepWhile(walk: Iterable<BuildEntry>, max: number, done: (list: BuildEntry[]) => void): Generator<BuildEntry> {

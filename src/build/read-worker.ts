@@ -96,10 +96,9 @@ export class SmallFileReader {
   private readonly results = new Map<number, ReadResult>();
   private readonly waiters = new Map<number, () => void>();
   private failure: Error | undefined;
-  /** Jobs added, posted to the worker, results received, and the next job to take. */
+  /** Jobs added, posted to the worker, and the next job to take. */
   private added = 0;
   private sent = 0;
-  private received = 0;
   private next = 0;
   private unsent: ReadJob[] = [];
   private closed = false;
@@ -113,7 +112,6 @@ export class SmallFileReader {
     this.worker.on('message', (b: Batch) => {
       b.results.forEach((r, i) => {
         this.results.set(b.first + i, r);
-        this.received++;
         this.waiters.get(b.first + i)?.();
       });
     });

@@ -97,12 +97,11 @@ export class BufferCache {
 
   /**
    * A zeroed buffer for block `nr` when the cache neither holds nor is reading it (a block whose
-   * old contents do not matter, created without a read); false when it does.
+   * old contents do not matter, created without a read); nothing when it does.
    */
-  createIfAbsent(nr: number): boolean {
-    if (this.held.has(nr) || this.lru.has(nr) || this.inflight.has(nr)) return false;
+  createIfAbsent(nr: number): void {
+    if (this.held.has(nr) || this.lru.has(nr) || this.inflight.has(nr)) return;
     this.getblk(nr);
-    return true;
   }
 
   /** Returns a zeroed buffer for a block about to be overwritten entirely (getblk). */

@@ -5,7 +5,7 @@
  * field counts only when it fits inside 128 + i_extra_isize (EXT4_FITS_IN_INODE), so each split
  * field has one accessor here that applies that rule.
  */
-import { defineStruct, u16, u32, bytes } from './struct.js';
+import { defineStruct, u16, u32, bytes, setLe32 } from './struct.js';
 import { crc32cRaw } from '../util/crc.js';
 import { Corrupt, BadCrc } from '../util/errors.js';
 
@@ -194,24 +194,14 @@ export function setInodeTime(ino: InodeView, which: TimeField, t: Timespec, inod
   const lo = sec - epoch * 0x1_0000_0000;
   if (which === 'crtime' && !fitsInInode(ino, secOff + 4, inodeSize)) return;
   // Stored byte by byte (a hot path: every create, write and utimes sets two or four times).
-  putLe32(ino.bytes, ino.base + secOff, lo >>> 0);
-  if (hasExtra) putLe32(ino.bytes, ino.base + extraOff, ((nsec << 2) | (epoch & 3)) >>> 0);
+  setLe32(ino.bytes, ino.base + secOff, lo >>> 0);
+  if (hasExtra) setLe32(ino.bytes, ino.base + extraOff, ((nsec << 2) | (epoch & 3)) >>> 0);
 }
 
-/** Byte offsets of each timestamp's seconds and extra words. */
-const TIME_OFFSETS: Record<TimeField, { sec: number; extra: number }> = {
-  atime: { sec: Inode.offsetOf('i_atime'), extra: Inode.offsetOf('i_atime_extra') },
-  mtime: { sec: Inode.offsetOf('i_mtime'), extra: Inode.offsetOf('i_mtime_extra') },
-  ctime: { sec: Inode.offsetOf('i_ctime'), extra: Inode.offsetOf('i_ctime_extra') },
-  crtime: { sec: Inode.offsetOf('i_crtime'), extra: Inode.offsetOf('i_crtime_extra') },
-};
-
-function putLe32(b: Uint8Array, o: number, v: number): void {
-  b[o] = v;
-  b[o + 1] = v >>> 8;
-  b[o + 2] = v >>> 16;
-  b[o + 3] = v >>> 24;
-}
+/** Byte offsets of each timestamp's seconds and extra words (TIME_FIELDS'). */
+const TIME_OFFSETS = Object.fromEntries(
+  Object.entries(TIME_FIELDS).map(([w, [sec, extra]]) => [w, { sec: Inode.offsetOf(sec), extra: Inode.offsetOf(extra) }]),
+) as Record<TimeField, { sec: number; extra: number }>;
 
 /** Scratch for le32 (crc32cRaw consumes it before the next call). */
 const LE32_BYTES = new Uint8Array(4);
@@ -235,16 +225,16 @@ const CSUM_HI = Inode.offsetOf('i_checksum_hi');
  * fits) taken as zero. `record` is exactly s_inode_size bytes.
  */
 export function computeInodeCsum(record: Uint8Array, inodeSeed: number, hiFits: boolean): number {
-  // Chained over the pieces around the checksum fields (each taken as two zero bytes): no copy.
-  let c = crc32cRaw(inodeSeed, record.subarray(0, CSUM_LO));
-  c = crc32cRaw(c, ZERO2);
-  if (hiFits) {
-    c = crc32cRaw(c, record.subarray(CSUM_LO + 2, CSUM_HI));
-    c = crc32cRaw(c, ZERO2);
-    c = crc32cRaw(c, record.subarray(CSUM_HI + 2));
-    return c;
-  }
-  return crc32cRaw(c, record.subarray(CSUM_LO + 2)) & 0xffff;
+  const c = sumCsumPieces(inodeCsumPieces(record, hiFits), inodeSeed);
+  return hiFits ? c : c & 0xffff;
+}
+
+/** crc32c chained over the pieces, each checksum field between them taken as two zero bytes: no copy. */
+function sumCsumPieces(pieces: readonly Uint8Array[], inodeSeed: number): number {
+  // OK to index: inodeCsumPieces makes two or three pieces.
+  let c = crc32cRaw(crc32cRaw(inodeSeed, pieces[0]!), ZERO2);
+  if (pieces.length === 3) c = crc32cRaw(crc32cRaw(c, pieces[1]!), ZERO2);
+  return crc32cRaw(c, pieces[pieces.length - 1]!);
 }
 
 /**
@@ -259,15 +249,9 @@ export function inodeCsumPieces(record: Uint8Array, hiFits: boolean): Uint8Array
 
 /** Stamps the checksum of an inode record from inodeCsumPieces (as setInodeCsum does). */
 export function setInodeCsumFromPieces(ino: InodeView, pieces: readonly Uint8Array[], inodeSeed: number): void {
-  // OK to index: inodeCsumPieces makes two or three pieces.
-  let c = crc32cRaw(crc32cRaw(inodeSeed, pieces[0]!), ZERO2);
-  if (pieces.length === 3) {
-    c = crc32cRaw(crc32cRaw(crc32cRaw(c, pieces[1]!), ZERO2), pieces[2]!);
-    ino.l_i_checksum_lo = c & 0xffff;
-    ino.i_checksum_hi = c >>> 16;
-    return;
-  }
-  ino.l_i_checksum_lo = crc32cRaw(c, pieces[1]!) & 0xffff;
+  const c = sumCsumPieces(pieces, inodeSeed);
+  ino.l_i_checksum_lo = c & 0xffff;
+  if (pieces.length === 3) ino.i_checksum_hi = c >>> 16;
 }
 
 /** True when the record has room for i_checksum_hi. */

@@ -120,7 +120,8 @@ function setLe16(b: Uint8Array, o: number, v: number): void {
   b[o] = v;
   b[o + 1] = v >>> 8;
 }
-function setLe32(b: Uint8Array, o: number, v: number): void {
+/** Stores `v` as a little-endian u32 at `o`, byte by byte (no view, no DataView). */
+export function setLe32(b: Uint8Array, o: number, v: number): void {
   b[o] = v;
   b[o + 1] = v >>> 8;
   b[o + 2] = v >>> 16;

@@ -327,9 +327,8 @@ export class FileData {
         throw e;
       }
       done = pieceEnd - pos;
-      // Under half the dirty limit there is nothing to wait for: no promise per piece.
-      if (this.overBackgroundLimit()) await this.balanceDirtyPages();
-      else this.shrink();
+      const balance = this.balanceDirtyPages();
+      if (balance !== undefined) await balance;
     }
     touch(this.s, info, ['mtime', 'ctime']);
     return done;
@@ -396,16 +395,24 @@ export class FileData {
   /**
    * balance_dirty_pages: past half the dirty limit, write back inodes with dirty pages (oldest
    * first) without waiting; past the limit (dirty + under writeback), wait for completions.
-   * Then trim the cache of clean pages.
+   * Then trim the cache of clean pages. Under both limits that trim is all, done at once: a
+   * promise only when there is writeback to start or wait for.
    */
-  private overBackgroundLimit(): boolean {
+  private balanceDirtyPages(): Promise<void> | undefined {
     const limitPages = Math.floor(this.dirtyLimitBytes / this.pageSizeBytes);
-    return this.nrDirty > limitPages / 2 || (this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0);
+    if (this.nrDirty <= limitPages / 2 && !this.overDirtyLimit(limitPages)) {
+      this.shrink();
+      return undefined;
+    }
+    return this.writebackAndWait(limitPages);
   }
 
-  private async balanceDirtyPages(): Promise<void> {
-    const ps = this.pageSizeBytes;
-    const limitPages = Math.floor(this.dirtyLimitBytes / ps);
+  /** Dirty pages and pages under writeback past the limit, with completions to wait for. */
+  private overDirtyLimit(limitPages: number): boolean {
+    return this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0;
+  }
+
+  private async writebackAndWait(limitPages: number): Promise<void> {
     if (this.nrDirty > limitPages / 2) {
       // Only inodes that have dirtied pages, oldest first (the kernel's b_dirty list): a scan of
       // every cached inode per write made writing many small files quadratic.
@@ -422,7 +429,7 @@ export class FileData {
         if (d.mapping.dirtyPages(0, 1).length === 0) this.dirtyInodes.delete(d);
       }
     }
-    while (this.nrDirty + this.nrWriteback > limitPages && this.nrWriteback > 0) {
+    while (this.overDirtyLimit(limitPages)) {
       await new Promise<void>((resolve) => this.writebackWaiters.push(resolve));
     }
     this.shrink();

@@ -74,6 +74,7 @@ test('build: --reproducible without SOURCE_DATE_EPOCH fixes the clock at the new
   assert.ok(small.some((e) => e.mtime.sec > nowSec), 'the spec has mtimes in the future');
   assert.equal(a.epoch, Math.max(...small.map((e) => e.mtime.sec).filter((t) => t <= nowSec)));
   assert.equal(sha(join(work, 'p1.img')), sha(join(work, 'p2.img')));
+  assertFsckClean(join(work, 'p1.img'));
   rmSync(join(work, 'p1.img'));
   rmSync(join(work, 'p2.img'));
 });

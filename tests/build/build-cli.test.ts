@@ -56,6 +56,8 @@ test('ext4ts mkfs -d copies a directory\'s xattrs (getfattr); --no-xattrs copies
     const img = join(work, name);
     const r = ext4ts(['mkfs', '-q', '-d', src, ...extra, img]);
     assert.equal(r.code, 0, r.err);
+    assertFsckClean(img);
+    assert.match(debugfs(img, 'stat /tool'), /Type: regular/, 'the file is in the image (an empty ea_list proves nothing alone)');
     assert.match(debugfs(img, 'ea_list /tool').trim(), want);
   }
 });

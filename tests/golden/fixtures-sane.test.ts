@@ -23,7 +23,7 @@ import {
   type ManifestEntry,
   type TimeSpec,
 } from '../helpers/fixtures.js';
-import { requireCommands } from '../helpers/env.js';
+import { requireCommands, skipBecause } from '../helpers/env.js';
 
 function run(cmd: string, args: string[], input?: string): { status: number | null; out: string; err: string } {
   const r = spawnSync(cmd, args, { input, maxBuffer: 1 << 28, encoding: 'utf8' });
@@ -178,13 +178,10 @@ for (const name of listFixtures()) {
 test('kernel re-walk: a fresh mount of the fixtures equals the stored manifests', async (t) => {
   const can = canLoopMount();
   if (!can.ok) {
-    t.diagnostic(`skipping the kernel re-walk: ${can.reason}`);
+    skipBecause(t, `the kernel re-walk needs loop mounts: ${can.reason}`);
     return;
   }
-  if (run('sh', ['-c', 'command -v getfattr && command -v mount']).status !== 0) {
-    t.diagnostic('skipping the kernel re-walk: getfattr (package attr) or mount is missing');
-    return;
-  }
+  requireCommands('attr', 'getfattr');
   const manifestJs = join(repoRoot(), 'scripts', 'manifest.mjs');
   const wanted: Array<{ name: string; opts: string }> = [
     { name: 'ext4-4k', opts: 'loop,ro,noatime' },

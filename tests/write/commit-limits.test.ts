@@ -6,19 +6,16 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, writeFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4 } from '../../src/index.js';
 import { MemDevice } from '../../src/blockdev/mem-device.js';
 import { NoBarrierDevice } from '../../src/blockdev/no-barrier-device.js';
-import { canLoopMount } from '../helpers/fixtures.js';
-import { describeExt4, describeMount } from '../helpers/model-fs.js';
+import { checkImageBytes } from '../helpers/check-image.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-commit-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
-const loop = canLoopMount();
 
 /** A MemDevice that counts flushes and writes. */
 class CountingDevice extends MemDevice {
@@ -34,38 +31,8 @@ class CountingDevice extends MemDevice {
   }
 }
 
-function assertClean(img: string): void {
-  const r = spawnSync('e2fsck', ['-fn', img], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stdout + r.stderr);
-}
-
-/**
- * The image through e2fsck, and through the kernel against our own reading where loop mounts
- * work; `onMount` checks more through the kernel's mount (file contents).
- */
-async function checkImage(t: TestContext, dev: MemDevice, name: string, onMount?: (mnt: string) => void): Promise<void> {
-  const img = join(work, `${name}.img`);
-  writeFileSync(img, dev.data);
-  assertClean(img);
-  if (!loop.ok) {
-    t.diagnostic(`${name}: kernel comparison skipped: ${loop.reason}`);
-    return;
-  }
-  const mnt = join(work, `mnt-${name}`);
-  mkdirSync(mnt, { recursive: true });
-  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
-  try {
-    const kern = describeMount(mnt);
-    onMount?.(mnt);
-    const ro = await Ext4.open(img);
-    try {
-      assert.deepEqual(await describeExt4(ro), kern);
-    } finally {
-      await ro.close();
-    }
-  } finally {
-    execFileSync('umount', [mnt]);
-  }
+function checkImage(t: TestContext, dev: MemDevice, name: string, onMount?: (mnt: string) => void): Promise<void> {
+  return checkImageBytes(t, dev.data, work, name, onMount);
 }
 
 /** 40 directories of 25 files each, 3 KiB of content per file. */

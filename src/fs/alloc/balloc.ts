@@ -152,7 +152,7 @@ export class Balloc implements BlockAllocator {
   private zone: SystemZone | undefined;
   /** Data goal per flex group leader (goalForInode). */
   private readonly flexGoals = new Map<number, number>();
-  /** Tail of the queue of exclusive sections. */
+  /** Exclusive sections of the allocator (the group lock). */
   private readonly groupLock = new Mutex('allocator group lock');
 
   constructor(private readonly s: Ext4Super) {

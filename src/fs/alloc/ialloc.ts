@@ -87,21 +87,21 @@ export async function freeInode(s: Ext4Super, ino: number, isDir: boolean): Prom
 }
 
 /**
- * True when every inode sharing `ino`'s inode-table block, `ino` aside, is free in a cached and
- * checked inode bitmap (the test of __ext4_get_inode_loc for a new inode): the block then holds
- * nothing worth reading. False when unsure (bitmap not cached, not initialised).
+ * True when every inode sharing table block with the inode at `index` of a group, that one
+ * aside, is free in the group's inode bitmap `bitmap` (the test of __ext4_get_inode_loc for a
+ * new inode): the block then holds nothing worth reading.
  */
-export function othersInTableBlockFree(s: Ext4Super, ino: number): boolean {
-  const g = Math.floor((ino - 1) / s.inodesPerGroup);
-  const gd = s.group(g);
-  if (isInodeUninit(s, gd)) return false;
-  const buf = s.cache.peek(gd.inodeBitmap);
-  if (buf === undefined || !buf.verified) return false;
+function othersInTableBlockFree(s: Ext4Super, bitmap: Uint8Array, index: number): boolean {
   const perBlock = s.blockSize / s.inodeSize;
-  const index = (ino - 1) % s.inodesPerGroup;
   const start = index - (index % perBlock);
   const end = Math.min(start + perBlock, s.inodesPerGroup);
-  return bm.findNextSet(buf.data, start, index) >= index && bm.findNextSet(buf.data, index + 1, end) >= end;
+  return bm.findNextSet(bitmap, start, index) >= index && bm.findNextSet(bitmap, index + 1, end) >= end;
+}
+
+/** The inode-table block and byte offset of the inode at `index` of group `g`. */
+function tableSlot(s: Ext4Super, g: number, index: number): { block: number; offset: number } {
+  const byte = index * s.inodeSize;
+  return { block: s.group(g).inodeTable + Math.floor(byte / s.blockSize), offset: byte % s.blockSize };
 }
 
 /**
@@ -214,18 +214,16 @@ async function takeInodeInGroup(s: Ext4Super, ba: Balloc, g: number, isDir: bool
   // inode): it starts as zeros in memory, which the commit writes, so the free records in it
   // (garbage after lazy_itable_init, or old inodes) become zeros on disk, as with the kernel.
   // A build of 20,000 files skipped 1,400 reads.
-  if (othersInTableBlockFree(s, ino)) s.cache.createIfAbsent(s.group(g).inodeTable + Math.floor((bit * s.inodeSize) / s.blockSize));
+  if (othersInTableBlockFree(s, buf.data, bit)) s.cache.createIfAbsent(tableSlot(s, g, bit).block);
   if (inodeTableNeedsZero(s, g)) await zeroInodeRecord(s, g, bit);
   return ino;
 }
 
 /** Zeroes the record of the inode at `index` in group `g`'s table, in the cached block. */
 async function zeroInodeRecord(s: Ext4Super, g: number, index: number): Promise<void> {
-  const byte = index * s.inodeSize;
-  const block = s.group(g).inodeTable + Math.floor(byte / s.blockSize);
-  const tbuf = await s.cache.bread(block, 'inode table');
-  const off = byte % s.blockSize;
-  tbuf.data.fill(0, off, off + s.inodeSize);
+  const slot = tableSlot(s, g, index);
+  const tbuf = await s.cache.bread(slot.block, 'inode table');
+  tbuf.data.fill(0, slot.offset, slot.offset + s.inodeSize);
   s.cache.markDirty(tbuf);
 }
 

@@ -72,16 +72,25 @@ function touchDir(c: Dcache, dirIno: number): Map<string, Dentry> | undefined {
   return d;
 }
 
-/** Forgets least recently used directories until the cache holds 3/4 of DCACHE_MAX names. */
-function shrink(c: Dcache): void {
-  for (const [ino, d] of c.dirs) {
-    if (c.size <= (DCACHE_MAX * 3) / 4) break;
+/**
+ * Forgets least recently used directories until the cache holds 3/4 of DCACHE_MAX names. The
+ * directory being added to (`keep`) goes last, only when it alone holds DCACHE_MAX names: a
+ * large flat directory being filled stays complete, its misses answered without a scan.
+ */
+function shrink(c: Dcache, keep: number): void {
+  const drop = (ino: number, d: Map<string, Dentry>): void => {
     c.size -= d.size;
     c.dirs.delete(ino);
     // Its names are gone: a miss there is no longer an answer.
     c.complete.delete(ino);
     if (c.lastDir === ino) c.lastDir = 0;
+  };
+  for (const [ino, d] of c.dirs) {
+    if (c.size <= (DCACHE_MAX * 3) / 4) break;
+    if (ino !== keep) drop(ino, d);
   }
+  const kept = c.dirs.get(keep);
+  if (kept !== undefined && c.size >= DCACHE_MAX) drop(keep, kept);
   assert(c.size >= 0, 'dcache: negative size');
 }
 
@@ -100,7 +109,7 @@ export function dcacheSet(s: Ext4Super, dirIno: number, name: Uint8Array, ino: n
   const k = keyOf(name);
   if (k === undefined) return;
   const c = cacheOf(s);
-  if (c.size >= DCACHE_MAX) shrink(c);
+  if (c.size >= DCACHE_MAX) shrink(c, dirIno);
   let d = touchDir(c, dirIno);
   if (d === undefined) {
     d = new Map();

@@ -17,17 +17,17 @@ import { Corrupt, PosixError } from '../../util/errors.js';
 import { isZero } from '../../util/bytes.js';
 import { assert } from '../../util/assert.js';
 
-/** An inode as loaded from disk, decoded once. */
 /** See InodeInfo.writeState. */
 export interface InodeWriteState {
   block: number;
   offset: number;
   /** The record's s_inode_size bytes (a view of `record`). */
   rec: Uint8Array;
-  hiFits: boolean;
+  /** The checksum's pieces of `rec` (whether i_checksum_hi is in them depends on i_extra_isize). */
   pieces: Uint8Array[];
 }
 
+/** An inode as loaded from disk, decoded once. */
 export class InodeInfo {
   constructor(
     readonly ino: number,
@@ -48,7 +48,10 @@ export class InodeInfo {
   }
   /** Used since the in-core inode cache last scanned it (I_REFERENCED; see icache.ts). */
   referenced: boolean;
-  /** writeInode's cache: where the record goes and its checksum pieces (fixed for the mount). */
+  /**
+   * writeInode's cache: where the record goes and its checksum pieces, fixed for the life of the
+   * in-core inode (i_extra_isize, which places i_checksum_hi, is set before an InodeInfo exists).
+   */
   writeState: InodeWriteState | undefined;
   /** A copy of i_block as an extent lookup last validated it (see extent-lookup.ts). */
   checkedExtentRoot: Uint8Array | undefined;
@@ -151,8 +154,7 @@ export function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> | undef
   if (w === undefined) {
     const loc = inodeLocation(s, info.ino);
     const rec = info.record.subarray(0, s.inodeSize);
-    const hiFits = inodeCsumHiFits(info.view, s.inodeSize);
-    w = { block: loc.block, offset: loc.offset, rec, hiFits, pieces: inodeCsumPieces(rec, hiFits) };
+    w = { block: loc.block, offset: loc.offset, rec, pieces: inodeCsumPieces(rec, inodeCsumHiFits(info.view, s.inodeSize)) };
     info.writeState = w;
   }
   const buf = s.cache.peek(w.block);
@@ -166,14 +168,7 @@ export function writeInode(s: Ext4Super, info: InodeInfo): Promise<void> | undef
 
 /** writeInode's second half: checksum the record and copy it into its table block. */
 function stampInode(s: Ext4Super, info: InodeInfo, w: InodeWriteState, buf: MetaBuffer): void {
-  if (s.features.metadataCsum) {
-    if (inodeCsumHiFits(info.view, s.inodeSize) !== w.hiFits) {
-      // i_extra_isize changed: the checksum's layout with it.
-      w.hiFits = !w.hiFits;
-      w.pieces = inodeCsumPieces(w.rec, w.hiFits);
-    }
-    setInodeCsumFromPieces(info.view, w.pieces, info.csumSeed);
-  }
+  if (s.features.metadataCsum) setInodeCsumFromPieces(info.view, w.pieces, info.csumSeed);
   buf.data.set(w.rec, w.offset);
   s.cache.markDirty(buf);
 }
