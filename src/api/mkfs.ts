@@ -22,6 +22,7 @@ import type { MkfsOptions } from '../fs/mkfs/options.js';
 import { planMkfs, writeMkfs, mkfsResult, type MkfsResult } from '../fs/mkfs/mkfs.js';
 
 export type { MkfsOptions } from '../fs/mkfs/options.js';
+export { defaultBlockSize } from '../fs/mkfs/options.js';
 export type { MkfsResult } from '../fs/mkfs/mkfs.js';
 // The determinism seams mkfs takes, re-exported for src/index.ts (which imports api/ only).
 export { seededRandom, cryptoRandom, type Random } from '../runtime/random.js';

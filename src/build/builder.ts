@@ -36,12 +36,12 @@ import { rename, unlink, lstat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Ext4, type FileHandle, type OpenOptions } from '../api/ext4.js';
-import { mkfs, type MkfsOptions, type MkfsResult } from '../api/mkfs.js';
+import { mkfs, defaultBlockSize, type MkfsOptions, type MkfsResult } from '../api/mkfs.js';
 import { fixedClock, systemClock, clockFromSourceDateEpoch, type Clock } from '../runtime/clock.js';
 import { seededRandom } from '../runtime/random.js';
 import { PosixError } from '../util/errors.js';
 import { assert } from '../util/assert.js';
-import { compareTimes, parentOf, type BuildEntry, type Chunk, type Source, type Timespec } from './source.js';
+import { compareTimes, parentOf, type BuildEntry, type Chunk, type Source, type Timespec, type Xattr } from './source.js';
 import { ContentFetcher, contentLength, isLargeFile, isSmallHost } from './content.js';
 import { NeedCounter, planSize, type ContentNeed } from './plan.js';
 import { openSource } from './detect.js';
@@ -242,15 +242,16 @@ class Builder {
     await unlink(this.tmp).catch(() => undefined);
   }
 
-  /** The block size asked for; 4096 when auto-sizing; undefined: mkfs picks from SIZE. */
-  private blockSizeChoice(): number | undefined {
-    return this.opts.mkfs?.blockSize ?? (this.opts.sizeBytes === undefined ? 4096 : undefined);
+  /** The block size asked for; else 4096 when auto-sizing, or the one mkfs picks for SIZE. */
+  private blockSizeChoice(): number {
+    const o = this.opts;
+    return o.mkfs?.blockSize ?? (o.sizeBytes === undefined ? 4096 : defaultBlockSize(o.sizeBytes));
   }
 
   /**
    * The first walk (step 1): everything the build must know before writing, with no list of
-   * the entries kept: counts for progress and the summary, what the content needs at each
-   * candidate block size, the newest mtime, the root's owner and the inputs of the derived UUID.
+   * the entries kept: counts for progress and the summary, what the content needs at the
+   * block size mkfs will use, the newest mtime, the root's owner and the inputs of the derived UUID.
    */
   private planWalk(source: Source): Plan {
     const o = this.opts;
@@ -258,15 +259,14 @@ class Builder {
     const sdeEpoch = clockFromSourceDateEpoch(o.env ?? process.env)?.now().sec;
     // Mtimes in the future do not count for the default epoch (see setClock).
     const nowSec = systemClock.now().sec;
-    const bs = this.blockSizeChoice();
-    // Without a block size, mkfs picks one from the size: count for every size it may pick.
-    const sizes = bs !== undefined ? [bs] : [1024, 2048, 4096, 8192, 16384, 32768, 65536];
     const plan: Plan = {
       entries: 0, files: 0, bytes: 0, smallFiles: 0, xattrs: 0, sparseFiles: 0,
       kinds: { file: 0, dir: 0, symlink: 0, hardlink: 0, chr: 0, blk: 0, fifo: 0, sock: 0 },
-      need: new Map(sizes.map((b) => [b, new NeedCounter(b)])), newestMtime: undefined,
+      need: new NeedCounter(this.blockSizeChoice()), newestMtime: undefined,
       root: { uid: 0, gid: 0 }, uuid: new UuidHasher(o.mkfs?.label ?? ''),
     };
+    // Further names of an inode, when xattrs come after the walk (they carry none).
+    let linkNames: Set<string> | undefined;
     for (const raw of source.walk()) {
       const e = this.mapOwners(raw, plan.entries === 0);
       if (plan.entries === 0) plan.root = { uid: e.uid, gid: e.gid };
@@ -281,8 +281,21 @@ class Builder {
       }
       const m = e.mtime?.sec;
       if (m !== undefined && m <= nowSec && (plan.newestMtime === undefined || m > plan.newestMtime)) plan.newestMtime = m;
-      for (const c of plan.need.values()) c.add(e);
+      plan.need.add(e);
       plan.uuid.add(e, sdeEpoch);
+      if (e.kind === 'hardlink' && source.lateXattrs !== undefined) (linkNames ??= new Set()).add(e.path);
+    }
+    const late = source.lateXattrs?.();
+    if (late !== undefined && late.size > 0 && o.xattrs !== false) {
+      // Folded in path order (the UUID's input must not depend on getfattr's readdir order).
+      for (const path of [...late.keys()].sort()) {
+        // OK to index: path is a key of late.
+        const xs = late.get(path)!;
+        if (xs.length === 0 || linkNames?.has(path) === true) continue;
+        plan.xattrs += xs.length;
+        plan.need.addXattrs(xs);
+        plan.uuid.addXattrs(path, xs);
+      }
     }
     return plan;
   }
@@ -345,8 +358,7 @@ class Builder {
     const o = this.opts;
     const auto = o.sizeBytes === undefined;
     const bs = this.blockSizeChoice();
-    const base: MkfsOptions = { ...o.mkfs, reproducible };
-    if (bs !== undefined) base.blockSize = bs;
+    const base: MkfsOptions = { ...o.mkfs, reproducible, blockSize: bs };
     // mkfs gives the root its owner directly.
     base.rootOwner = walked.root;
     const uuid = o.mkfs?.uuid ?? (reproducible ? walked.uuid.digest(this.epoch ?? 0) : undefined);
@@ -360,9 +372,9 @@ class Builder {
       this.checkFits(needAt(walked, r.blockSize), r, o.sizeBytes!);
       return r;
     }
-    const need = needAt(walked, bs ?? 4096);
+    const need = needAt(walked, bs);
     const input = {
-      need, blockSize: bs ?? 4096, inodeSize: o.mkfs?.inodeSize ?? 256, marginPercent: o.marginPercent ?? 10,
+      need, blockSize: bs, inodeSize: o.mkfs?.inodeSize ?? 256, marginPercent: o.marginPercent ?? 10,
       reservedPercent: o.mkfs?.reservedPercent ?? 5, inodesCount: o.inodesCount,
     };
     let plan = planSize(input);
@@ -649,11 +661,22 @@ export class UuidHasher {
     h.update(`${e.path}\0${e.kind}\0${e.perm}\0${e.uid}\0${e.gid}\0${e.sizeBytes}\0${atime}\0${t(e.mtime)}\0`);
     h.update(`${e.linkTo ?? ''}\0${e.major ?? ''}\0${e.minor ?? ''}\0`);
     if (e.target !== undefined) h.update(e.target);
-    for (const x of e.xattrs) {
-      h.update(`\0${x.name}\0`);
-      h.update(x.value);
-    }
+    this.hashXattrs(e.xattrs);
     h.update('\n');
+  }
+
+  /** Xattrs a source gave after its walk (Source.lateXattrs), after every entry. */
+  addXattrs(path: string, xattrs: readonly Xattr[]): void {
+    this.h.update(`xattrs ${path}`);
+    this.hashXattrs(xattrs);
+    this.h.update('\n');
+  }
+
+  private hashXattrs(xattrs: readonly Xattr[]): void {
+    for (const x of xattrs) {
+      this.h.update(`\0${x.name}\0`);
+      this.h.update(x.value);
+    }
   }
 
   digest(epoch: number): Uint8Array {
@@ -676,8 +699,8 @@ interface Plan {
   xattrs: number;
   sparseFiles: number;
   kinds: Record<BuildEntry['kind'], number>;
-  /** The content's need, counted at each block size mkfs may pick. */
-  need: Map<number, NeedCounter>;
+  /** The content's need at the block size mkfs will use. */
+  need: NeedCounter;
   /** The newest mtime that is not in the future (seconds). */
   newestMtime: number | undefined;
   /** The root's owner, mapped. */
@@ -686,8 +709,7 @@ interface Plan {
 }
 
 function needAt(plan: Plan, blockSize: number): ContentNeed {
-  const c = plan.need.get(blockSize);
-  assert(c !== undefined, () => `build: no content count at block size ${blockSize}`);
-  return c.result();
+  assert(plan.need.blockSize === blockSize, () => `build: content counted at block size ${plan.need.blockSize}, mkfs made ${blockSize}`);
+  return plan.need.result();
 }
 

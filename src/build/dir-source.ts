@@ -11,8 +11,8 @@
  *   other names lie outside the tree simply have fewer names in the image.
  * - Sparse files: st_blocks * 512 < st_size marks a file sparse; its all-zero blocks become holes.
  * - Extended attributes (user, trusted, security and POSIX ACLs) are read once for the whole
- *   tree by getfattr (host-xattrs.ts: Node has no xattr API); without getfattr installed they
- *   are not copied and the builder says so in its warnings. `xattrs: false` skips them.
+ *   tree by getfattr (host-xattrs.ts: Node has no xattr API), after the first walk (lateXattrs);
+ *   without getfattr installed they are not copied and the builder says so in its warnings. `xattrs: false` skips them.
  * - Names must be valid UTF-8 (the engine's API takes string paths); others are refused by name.
  */
 import { readdirSync, lstatSync, readlinkSync, type BigIntStats } from 'node:fs';
@@ -115,32 +115,46 @@ export function scanDirectory(root: string, keepEntries = KEPT_ENTRIES, xattrs =
   let walks = 0;
   const warnings: string[] = [];
   let xattrsOf = (_path: string): readonly Xattr[] => [];
-  const firstWalk = (): Generator<BuildEntry> => keepWhile(walkTree(root, atimes, false, xattrsOf), keepEntries, (list) => {
-    kept = list;
-  });
-  if (xattrs) {
-    // getfattr reads every directory too: the first walk runs before it, so that it records the
-    // atimes the tree had, and the walks the builder makes are later ones.
-    for (const _e of firstWalk()) {
-      // Walked for what it records: the atimes and the kept list.
-    }
-    walks = 1;
+  let late: ReadonlyMap<string, readonly Xattr[]> | undefined;
+  /**
+   * getfattr reads every directory too, so it runs after the first walk, which has recorded the
+   * atimes the tree had; the first walk's entries carry no xattrs (lateXattrs gives them), the
+   * later walks' and the kept list's do.
+   */
+  const loadXattrs = (): ReadonlyMap<string, readonly Xattr[]> => {
+    if (late !== undefined) return late;
+    late = new Map();
+    if (!xattrs) return late;
     const host = readHostXattrs(root);
     if (host === undefined) {
       warnings.push('extended attributes of a directory source are not copied: getfattr (Debian package attr) is not installed');
-    } else {
-      if (host.skipped.first !== undefined) {
-        const f = host.skipped.first;
-        warnings.push(`${host.skipped.count} extended attribute(s) not copied: ext4 has no handler for names like ${f.name} (at ${f.path})`);
-      }
-      xattrsOf = (path: string): readonly Xattr[] => host.byPath.get(path) ?? [];
-      // A further name of an inode (a hard link) carries nothing: the attributes came with the first.
-      for (const e of kept ?? []) if (e.kind !== 'hardlink') e.xattrs = [...xattrsOf(e.path)];
+      return late;
     }
+    if (host.skipped.first !== undefined) {
+      const f = host.skipped.first;
+      warnings.push(`${host.skipped.count} extended attribute(s) not copied: ext4 has no handler for names like ${f.name} (at ${f.path})`);
+    }
+    late = host.byPath;
+    xattrsOf = (path: string): readonly Xattr[] => host.byPath.get(path) ?? [];
+    // A further name of an inode (a hard link) carries nothing: the attributes came with the first.
+    for (const e of kept ?? []) if (e.kind !== 'hardlink') e.xattrs = [...xattrsOf(e.path)];
+    return late;
+  };
+  function* firstWalk(): Generator<BuildEntry> {
+    yield* keepWhile(walkTree(root, atimes, false, xattrsOf), keepEntries, (list) => {
+      kept = list;
+    });
+    loadXattrs();
   }
   return {
     kind: 'dir',
-    walk: () => (walks++ === 0 ? firstWalk() : kept ?? walkTree(root, atimes, true, xattrsOf)),
+    walk: () => {
+      if (walks++ === 0) return firstWalk();
+      // A first walk given up early has not read them yet.
+      loadXattrs();
+      return kept ?? walkTree(root, atimes, true, xattrsOf);
+    },
+    lateXattrs: loadXattrs,
     warnings,
   };
 }

@@ -15,7 +15,7 @@
  * - slow symlinks (targets over 59 bytes): one block;
  * - xattrs that do not fit in the inode's extra space: one block.
  */
-import { parentOf, type BuildEntry } from './source.js';
+import { parentOf, type BuildEntry, type Xattr } from './source.js';
 
 const UTF8 = new TextEncoder();
 
@@ -62,10 +62,10 @@ function dirBlocksOf(bytes: number, bs: number): number {
   return packed <= 1 ? 1 : 2 * packed + 1 + Math.ceil(packed / 500);
 }
 
-/** Xattr bytes of an entry as ext4 stores them (entry header, name, value, each rounded to 4). */
-function xattrBytes(e: BuildEntry): number {
+/** Xattr bytes as ext4 stores them (entry header, name, value, each rounded to 4). */
+function xattrBytes(xattrs: readonly Xattr[]): number {
   let n = 0;
-  for (const x of e.xattrs) n += 16 + Math.ceil(x.name.length / 4) * 4 + Math.ceil(x.value.length / 4) * 4;
+  for (const x of xattrs) n += 16 + Math.ceil(x.name.length / 4) * 4 + Math.ceil(x.value.length / 4) * 4;
   return n;
 }
 
@@ -88,10 +88,10 @@ export class NeedCounter {
   /** Open directories, outermost first: path and the bytes of their entries so far. */
   private readonly dirs: { path: string; bytes: number }[] = [];
 
-  constructor(private readonly bs: number) {}
+  constructor(readonly blockSize: number) {}
 
   add(e: BuildEntry): void {
-    const bs = this.bs;
+    const bs = this.blockSize;
     if (e.path !== '/') {
       const parent = parentOf(e.path);
       // Close the directories whose subtree ended (creation order: the parent is open).
@@ -105,18 +105,23 @@ export class NeedCounter {
       this.blocks += fileBlocks(e, bs);
       this.dataBytes += e.allocBytes;
     } else if (e.kind === 'symlink' && (e.target?.length ?? 0) > FAST_SYMLINK_MAX) this.blocks++;
-    if (xattrBytes(e) > INODE_XATTR_BYTES) this.blocks++;
+    this.addXattrs(e.xattrs);
+  }
+
+  /** An entry's xattrs (add() counts them; a source's late xattrs come through here alone). */
+  addXattrs(xattrs: readonly Xattr[]): void {
+    if (xattrBytes(xattrs) > INODE_XATTR_BYTES) this.blocks++;
   }
 
   private closeDir(): void {
     // OK to assert: callers check the stack is not empty.
-    this.blocks += dirBlocksOf(this.dirs.pop()!.bytes, this.bs);
+    this.blocks += dirBlocksOf(this.dirs.pop()!.bytes, this.blockSize);
   }
 
   /** The need of every entry added (the open directories counted as they stand). */
   result(): ContentNeed {
     let blocks = this.blocks;
-    for (const d of this.dirs) blocks += dirBlocksOf(d.bytes, this.bs);
+    for (const d of this.dirs) blocks += dirBlocksOf(d.bytes, this.blockSize);
     return { blocks, inodes: this.inodes, dataBytes: this.dataBytes };
   }
 }

@@ -90,7 +90,14 @@ export interface Source {
    * builder must not change what it is handed.
    */
   walk(): Iterable<BuildEntry>;
-  /** Things the image will not carry, for the summary. */
+  /**
+   * Extended attributes the first walk's entries did not carry, by image path, read when that
+   * walk ended (a directory source: getfattr reads every directory, so it must come after the
+   * walk that records their atimes); the later walks' entries carry them. The paths of further
+   * names of an inode (hardlink entries) are listed too and carry nothing.
+   */
+  lateXattrs?(): ReadonlyMap<string, readonly Xattr[]>;
+  /** Things the image will not carry, for the summary (complete after the first walk). */
   readonly warnings: string[];
   /**
    * The second pass over a compressed archive: calls `write` for each wanted member (by header

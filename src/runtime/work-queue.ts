@@ -5,8 +5,8 @@
  * the order.
  *
  * Two implementations:
- * - `HostWorkQueue` (production): each item runs on its own macrotask (setImmediate), in the
- *   order queued; `delayTicks` is ignored (the host has real latency).
+ * - `HostWorkQueue` (production): items run on macrotasks (setImmediate), in the order queued,
+ *   those queued in one turn together; `delayTicks` is ignored (the host has real latency).
  * - `SimWorkQueue` (tests, modelled on TigerBeetle's deterministic simulator): items wait in a
  *   pool with a virtual ready time; each step picks one ready item with a seeded Prng, so any
  *   interleaving is replayed from its seed. Between two items it lets the host drain every
@@ -32,11 +32,17 @@ export interface WorkQueue {
   queue(work: Work, delayTicks?: number): void;
 }
 
-/** The production queue: one macrotask per item, first in first out. */
+/**
+ * The production queue: items run first in first out on macrotasks. Items queued before the
+ * next macrotask share it (one setImmediate per batch, not per item: a writeback of thousands
+ * of small files queues one conversion per inode), each still after `queue` returned.
+ */
 export class HostWorkQueue implements WorkQueue {
   /** Items queued and not yet finished. */
   private pendingCount = 0;
   private idleWaiters: (() => void)[] = [];
+  /** Items waiting for the scheduled macrotask. */
+  private batch: Work[] = [];
 
   get pending(): number {
     return this.pendingCount;
@@ -44,15 +50,32 @@ export class HostWorkQueue implements WorkQueue {
 
   queue(work: Work, _delayTicks = 0): void {
     this.pendingCount++;
-    setImmediate(() => {
+    if (this.batch.length === 0) setImmediate(this.runBatch);
+    this.batch.push(work);
+  }
+
+  private readonly runBatch = (): void => {
+    const items = this.batch;
+    this.batch = [];
+    for (let i = 0; i < items.length; i++) {
       try {
-        work();
-      } finally {
-        this.pendingCount--;
-        assert(this.pendingCount >= 0, 'HostWorkQueue pending count went negative');
-        if (this.pendingCount === 0) this.wakeIdle();
+        items[i]!();
+      } catch (e) {
+        // A failing item is a bug: the rest still run (they were queued and are counted), then
+        // the first failure surfaces as an uncaught exception, as with one macrotask per item.
+        this.finishOne();
+        this.batch = items.slice(i + 1).concat(this.batch);
+        if (this.batch.length > 0) setImmediate(this.runBatch);
+        throw e;
       }
-    });
+      this.finishOne();
+    }
+  };
+
+  private finishOne(): void {
+    this.pendingCount--;
+    assert(this.pendingCount >= 0, 'HostWorkQueue pending count went negative');
+    if (this.pendingCount === 0) this.wakeIdle();
   }
 
   /** Resolves once no item is queued or running (the kernel's flush_workqueue, roughly). */

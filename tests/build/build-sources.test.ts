@@ -12,7 +12,9 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync, existsSync, utimesSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import nodeFs, { type PathLike } from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { build } from '../../src/index.js';
 import {
   makeSpec, writeManifest, writeTar, writeHostTree, gzip, expectFromSpec, expectFromHost, verifyImage, writeHostFile, CAP_NET_RAW, aclXattr,
@@ -26,6 +28,24 @@ const SEED = Number(process.env['SEED'] ?? 7);
 const spec = makeSpec({ seed: SEED, special: true });
 
 const hasGetfattr = haveCommands('getfattr', 'setfattr');
+
+/** Runs `fn` counting readdirSync calls on `dir` (the host walks of a directory source). */
+async function countReaddirs<T>(dir: string, fn: () => Promise<T>): Promise<{ calls: number; result: T }> {
+  const real = nodeFs.readdirSync;
+  let calls = 0;
+  nodeFs.readdirSync = ((p: PathLike, ...rest: unknown[]) => {
+    if (resolve(String(p)) === resolve(dir)) calls++;
+    return (real as (...a: unknown[]) => unknown)(p, ...rest);
+  }) as typeof real;
+  syncBuiltinESMExports();
+  try {
+    const result = await fn();
+    return { calls, result };
+  } finally {
+    nodeFs.readdirSync = real;
+    syncBuiltinESMExports();
+  }
+}
 
 function counts(spec: readonly SpecEntry[], t: SpecEntry['type']): number {
   return spec.filter((e) => e.type === t).length;
@@ -144,15 +164,29 @@ test('build from a host directory with extended attributes (read by getfattr): e
   }));
   const img = join(work, 'xattr-dir.img');
   const s = await build({ source: root, image: img });
-  assert.equal(s.xattrs, [...want.values()].reduce((n, xs) => n + Object.keys(xs).length, 0));
+  const total = [...want.values()].reduce((n, xs) => n + Object.keys(xs).length, 0);
+  assert.equal(s.xattrs, total);
   assert.deepEqual(s.warnings, []);
   t.diagnostic(`with xattrs: compared through ${await verifyImage(img, withXattrs, ['/big'])}`);
-  const bare = join(work, 'xattr-none.img');
   // The first build read the directories, which moved their atimes on the host: expect those.
   const later = expectFromHost(root, plain);
+  const bare = join(work, 'xattr-none.img');
   const n = await build({ source: root, image: bare, xattrs: false });
   assert.equal(n.xattrs, 0);
   t.diagnostic(`xattrs: false: compared through ${await verifyImage(bare, later, ['/big'])}`);
+  // A tree too large to keep (keepEntries 0): walked twice, once to plan (getfattr runs after it,
+  // its xattrs folded into the plan) and once to write.
+  const walkedImg = join(work, 'xattr-walked.img');
+  // Reading moved atimes again (mtimes in the future make relatime update every time).
+  const now = expectFromHost(root, plain);
+  const walked = await countReaddirs(root, () => build({ source: root, image: walkedImg, keepEntries: 0 }));
+  assert.equal(walked.calls, 2, 'host walks of the source (readdir of its root)');
+  assert.equal(walked.result.xattrs, total);
+  const laterWithXattrs = now.map((x) => ({ ...x, xattrs: withXattrs.find((w) => w.path === x.path)!.xattrs }));
+  t.diagnostic(`walked twice: compared through ${await verifyImage(walkedImg, laterWithXattrs, ['/big'])}`);
+  // The folded plan is the kept one: a reproducible build derives the same UUID either way.
+  const keptUuid = (await build({ source: root, image: walkedImg, reproducible: true })).uuid;
+  assert.equal((await build({ source: root, image: walkedImg, reproducible: true, keepEntries: 0 })).uuid, keptUuid);
 });
 
 test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-stream would corrupt them)', async (t) => {

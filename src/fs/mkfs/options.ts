@@ -197,6 +197,11 @@ export function sizeTypeOf(bytes: number): SizeType {
   return { name: 'huge', blockSize: 4096, inodeRatio: 65536 };
 }
 
+/** The block size mkfs gives a filesystem of `bytes` when none is asked for. */
+export function defaultBlockSize(bytes: number): number {
+  return sizeTypeOf(bytes).blockSize;
+}
+
 /** Parses a UUID given as text (with or without dashes) or 16 bytes. Throws EINVAL. */
 export function parseUuid(v: string | Uint8Array, what: string): Uint8Array {
   if (typeof v !== 'string') {
