@@ -304,7 +304,7 @@ export class Ext4 {
     return out;
   }
 
-  /** readlink(): the target as a string (invalid UTF-8 replaced); see readlinkBytes. */
+  /** readlink(): the target as a string (bytes that are not UTF-8 escaped as decodeName does); see readlinkBytes. */
   async readlink(path: string): Promise<string> {
     return decodeName(await this.readlinkBytes(path));
   }

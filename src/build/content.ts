@@ -21,6 +21,7 @@
  */
 import { open, type FileHandle as HostFileHandle } from 'node:fs/promises';
 import { openSync, readSync, closeSync } from 'node:fs';
+import { hostFsPath } from '../util/bytes.js';
 import { badEntry, type BuildEntry, type Chunk } from './source.js';
 import { SmallFileReader } from './read-worker.js';
 import { assert } from '../util/assert.js';
@@ -113,7 +114,7 @@ class HostReader {
 
   /** Reads file bytes [pos, pos + len) of the entry. */
   async read(pos: number, len: number): Promise<Uint8Array> {
-    this.fh ??= open(this.hostPath, 'r').catch((err: unknown) => {
+    this.fh ??= open(hostFsPath(this.hostPath), 'r').catch((err: unknown) => {
       throw badEntry(this.e.origin, `cannot read the source: ${(err as Error).message}`);
     });
     const fh = await this.fh;
@@ -246,7 +247,7 @@ class ArchiveFds {
   get(hostPath: string): number {
     let fd = this.fds.get(hostPath);
     if (fd === undefined) {
-      fd = openSync(hostPath, 'r');
+      fd = openSync(hostFsPath(hostPath), 'r');
       this.fds.set(hostPath, fd);
     }
     return fd;
@@ -264,7 +265,7 @@ function readSmallSync(e: BuildEntry, archives: ArchiveFds): Uint8Array {
   const buf = new Uint8Array(e.sizeBytes);
   let fd: number;
   try {
-    fd = c.kind === 'archive' ? archives.get(c.hostPath) : openSync(c.hostPath, 'r');
+    fd = c.kind === 'archive' ? archives.get(c.hostPath) : openSync(hostFsPath(c.hostPath), 'r');
   } catch (err) {
     throw badEntry(e.origin, `cannot read the source: ${(err as Error).message}`);
   }

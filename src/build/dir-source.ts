@@ -13,10 +13,12 @@
  * - Extended attributes (user, trusted, security and POSIX ACLs) are read once for the whole
  *   tree by getfattr (host-xattrs.ts: Node has no xattr API), after the first walk (lateXattrs);
  *   without getfattr installed they are not copied and the builder says so in its warnings. `xattrs: false` skips them.
- * - Names must be valid UTF-8 (the engine's API takes string paths); others are refused by name.
+ * - Names are bytes: one that is not valid UTF-8 keeps its bytes in the image (decodeName's
+ *   escapes, which every host call turns back into the bytes: hostFsPath).
  */
 import { readdirSync, lstatSync, readlinkSync, type BigIntStats } from 'node:fs';
 import { join } from 'node:path';
+import { decodeName, hostFsPath } from '../util/bytes.js';
 import { badEntry, symlinkTarget, type BuildEntry, type EntryKind, type Source, type Timespec, type Xattr } from './source.js';
 import { readHostXattrs } from './host-xattrs.js';
 
@@ -27,7 +29,6 @@ const KIND_OF_FMT: ReadonlyMap<bigint, EntryKind> = new Map([
 ]);
 
 const NS_PER_SEC = 1_000_000_000n;
-const fatalUtf8 = new TextDecoder('utf-8', { fatal: true });
 
 /** A bigint nanosecond time as {sec, nsec} with nsec >= 0 (floor division for negative times). */
 export function timespecOfNs(ns: bigint): Timespec {
@@ -47,21 +48,19 @@ export function splitRdev(rdev: bigint): { major: number; minor: number } {
   return { major, minor };
 }
 
-/** The names in a host directory, decoded as UTF-8 (an invalid name is refused by its path). */
+/**
+ * The names in a host directory, as the engine's API takes them: UTF-8, a name that is not
+ * valid UTF-8 with its other bytes escaped (decodeName), so the image gets the exact bytes, as
+ * mke2fs -d copies them.
+ */
 function namesOf(hostDir: string): string[] {
   let raw: Buffer[];
   try {
-    raw = readdirSync(hostDir, { encoding: 'buffer' });
+    raw = readdirSync(hostFsPath(hostDir), { encoding: 'buffer' });
   } catch (e) {
     throw badEntry(hostDir, `cannot read the directory: ${(e as Error).message}`);
   }
-  return raw.map((b) => {
-    try {
-      return fatalUtf8.decode(b);
-    } catch {
-      throw badEntry(join(hostDir, b.toString('latin1')), 'file name is not valid UTF-8 (the image API takes UTF-8 names)');
-    }
-  });
+  return raw.map((b) => decodeName(b));
 }
 
 /** One host entry as a BuildEntry (content is referenced, not read). */
@@ -88,7 +87,7 @@ function entryOf(hostPath: string, path: string, st: BigIntStats, links: Map<str
     e.allocBytes = sparse ? alloc : size;
     if (size > 0) e.content = { kind: 'host', hostPath, sparse };
   } else if (kind === 'symlink') {
-    e.target = symlinkTarget(readlinkSync(hostPath, { encoding: 'buffer' }), hostPath);
+    e.target = symlinkTarget(readlinkSync(hostFsPath(hostPath), { encoding: 'buffer' }), hostPath);
   } else if (kind === 'chr' || kind === 'blk') {
     Object.assign(e, splitRdev(st.rdev));
   }
@@ -212,7 +211,7 @@ function* walkTree(root: string, atimes: number[], replay: boolean, xattrsOf: (p
 
 function lstatHost(host: string): BigIntStats {
   try {
-    return lstatSync(host, { bigint: true });
+    return lstatSync(hostFsPath(host), { bigint: true });
   } catch (e) {
     throw badEntry(host, `cannot stat: ${(e as Error).message}`);
   }

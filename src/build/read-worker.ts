@@ -17,6 +17,7 @@
  */
 import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { openSync, readSync, closeSync } from 'node:fs';
+import { hostFsPath } from '../util/bytes.js';
 import { assert } from '../util/assert.js';
 
 /** One file to read: `size` bytes at `offset` of `path` (a host file, or a member of a plain tar). */
@@ -231,7 +232,7 @@ function readJob(job: ReadJob, archives: Map<string, number>): ReadResult {
   const buf = new Uint8Array(job.size);
   let fd: number;
   try {
-    fd = archives.get(job.path) ?? openSync(job.path, 'r');
+    fd = archives.get(job.path) ?? openSync(hostFsPath(job.path), 'r');
   } catch (err) {
     return { error: `cannot read the source: ${(err as Error).message}`, size: job.size };
   }

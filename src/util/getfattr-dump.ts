@@ -6,7 +6,7 @@
  * "quoted text" with the same escapes (getfattr's -e base64, hex and text).
  */
 import { PosixError } from './errors.js';
-import { decodeBase64, decodeHex, decodeUtf8Strict } from './bytes.js';
+import { decodeBase64, decodeHex, decodeName, decodeUtf8Strict } from './bytes.js';
 import { assert } from './assert.js';
 
 /** One attribute: its full name and value bytes. */
@@ -52,9 +52,9 @@ function decodeValue(text: Uint8Array, where: string): Uint8Array {
 }
 
 /**
- * Parses a `getfattr -d` dump: path (as printed, escapes undone, UTF-8) → its attributes sorted
- * by name. A path or name that is not valid UTF-8 is left out (the directory walk refuses such a
- * name itself, by its path).
+ * Parses a `getfattr -d` dump: path (as printed, escapes undone, then decodeName: bytes that
+ * are not UTF-8 escaped as the directory walk's names are) → its attributes sorted by name. An
+ * attribute name that is not valid UTF-8 is left out.
  */
 export function parseGetfattrDump(out: Uint8Array): Map<string, DumpXattr[]> {
   const byPath = new Map<string, DumpXattr[]>();
@@ -70,10 +70,8 @@ export function parseGetfattrDump(out: Uint8Array): Map<string, DumpXattr[]> {
       continue;
     }
     if (startsWith(line, FILE_TAG)) {
-      const path = decodeUtf8Strict(unescapeOctal(line.subarray(FILE_TAG.length)));
-      cur = undefined;
-      if (path === undefined) continue;
-      curPath = path;
+      // A path that is not UTF-8 keeps its bytes as decodeName escapes them (the walk's names).
+      curPath = decodeName(unescapeOctal(line.subarray(FILE_TAG.length)));
       cur = [];
       byPath.set(curPath, cur);
       continue;

@@ -111,7 +111,12 @@ test('planSize: room for the content plus margin, inodes for every entry, whole 
   assert.ok(p.inodesCount >= 303 * 1.1);
 });
 
-test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty values, sorted names; non-UTF-8 paths left out; formatGetfattrBlock round trip', () => {
+/** A parsed dump's attributes of `p` as [name, value in hex]. */
+function hex0(m: ReturnType<typeof parseGetfattrDump>, p: string): [string, string][] {
+  return m.get(p)!.map((x) => [x.name, Buffer.from(x.value).toString('hex')]);
+}
+
+test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty values, sorted names; non-UTF-8 paths keep their bytes (decodeName); formatGetfattrBlock round trip', () => {
   const enc = new TextEncoder();
   const dump = new Uint8Array([
     ...enc.encode('# file: /src/we=ird\\012name\\134\nuser.z=0sMQ==\nuser.a\\075b=0x00ff0a\n\n'),
@@ -120,8 +125,9 @@ test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty 
     ...enc.encode('# file: /src/ünï\ntrusted.t=0sdHY='),
   ]);
   const m = parseGetfattrDump(dump);
-  assert.deepEqual([...m.keys()], ['/src/we=ird\nname\\', '/src', '/src/ünï']);
-  const hex = (p: string): [string, string][] => m.get(p)!.map((x) => [x.name, Buffer.from(x.value).toString('hex')]);
+  assert.deepEqual([...m.keys()], ['/src/we=ird\nname\\', '/src', '/src/bad\udcff', '/src/ünï']);
+  assert.deepEqual(hex0(m, '/src/bad\udcff'), [['user.x', '']]);
+  const hex = (p: string): [string, string][] => hex0(m, p);
   assert.deepEqual(hex('/src/we=ird\nname\\'), [['user.a=b', '00ff0a'], ['user.z', '31']]);
   assert.deepEqual(hex('/src'), [['security.selinux', Buffer.from('system_u\0x').toString('hex')], ['user.bare', ''], ['user.empty', '']]);
   assert.deepEqual(hex('/src/ünï'), [['trusted.t', '7476']]);
