@@ -157,7 +157,7 @@ class Extractor {
     this.owners = opts.preserveOwners ?? this.asRoot;
   }
 
-  skip(path: string, reason: string): void {
+  leaveOut(path: string, reason: string): void {
     const w = { path, reason };
     if (this.opts.strict) throw new ExtractRefused(w);
     this.summary.skipped.push(w);
@@ -179,14 +179,14 @@ class Extractor {
       case 'file': made = await this.file(info, imgPath, host); break;
       case 'symlink': made = await this.symlink(info, imgPath, host); break;
       case 'fifo': case 'chr': case 'blk': made = await this.special(info, imgPath, host); break;
-      case 'sock': this.skip(imgPath, 'sockets are not extracted'); made = false; break;
+      case 'sock': this.leaveOut(imgPath, 'sockets are not extracted'); made = false; break;
     }
     if (made && multi) this.linked.set(info.ino, host);
     if (made) await this.queueXattrs(info, imgPath, host);
   }
 
   private async dir(info: InodeInfo, imgPath: string, host: string): Promise<void> {
-    if (this.dirsSeen.has(info.ino)) return this.skip(imgPath, `directory inode ${info.ino} reached twice (cycle or hard-linked directory)`);
+    if (this.dirsSeen.has(info.ino)) return this.leaveOut(imgPath, `directory inode ${info.ino} reached twice (cycle or hard-linked directory)`);
     this.dirsSeen.add(info.ino);
     mkdirSync(hostFsPath(host), { mode: 0o700 });
     this.summary.dirs++;
@@ -198,20 +198,20 @@ class Extractor {
       // '.' and '..' belong in the first two slots only; they are never extracted.
       const pos = index++;
       if (pos === 0 && e.name.length === 1 && e.name[0] === 0x2e) {
-        if (e.ino !== info.ino) this.skip(posix.join(imgPath, text), "'.' does not point at its directory");
+        if (e.ino !== info.ino) this.leaveOut(posix.join(imgPath, text), "'.' does not point at its directory");
         continue;
       }
       if (pos === 1 && e.name.length === 2 && e.name[0] === 0x2e && e.name[1] === 0x2e) continue;
       const why = badName(e.name);
-      if (why !== undefined) { this.skip(posix.join(imgPath, text), why); continue; }
+      if (why !== undefined) { this.leaveOut(posix.join(imgPath, text), why); continue; }
       const child = childImagePath(imgPath, text);
-      if (used.has(text)) { this.skip(child, 'a second entry with the same name in one directory'); continue; }
+      if (used.has(text)) { this.leaveOut(child, 'a second entry with the same name in one directory'); continue; }
       used.add(text);
       let ci: InodeInfo;
       try {
         ci = await readInode(this.fs.sup, e.ino);
       } catch (err) {
-        this.skip(child, `cannot read inode ${e.ino}: ${(err as Error).message}`);
+        this.leaveOut(child, `cannot read inode ${e.ino}: ${(err as Error).message}`);
         continue;
       }
       await this.entry(ci, child, this.childHost(host, text));
@@ -230,7 +230,7 @@ class Extractor {
 
   private async file(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
     if (info.size > maxFileBytes(this.fs.sup.blockSize)) {
-      this.skip(imgPath, `size ${info.size} is larger than ext4 can address`);
+      this.leaveOut(imgPath, `size ${info.size} is larger than ext4 can address`);
       return false;
     }
     const fd = openSync(hostFsPath(host), C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
@@ -258,11 +258,11 @@ class Extractor {
     const raw = await readSymlink(this.fs.sup, info);
     const target = decodeUtf8Strict(raw);
     if (target === undefined || raw.includes(0)) {
-      this.skip(imgPath, 'symlink target is not valid UTF-8 or contains NUL');
+      this.leaveOut(imgPath, 'symlink target is not valid UTF-8 or contains NUL');
       return false;
     }
     if (!symlinkStaysInside(posix.dirname(imgPath), target)) {
-      this.skip(imgPath, `symlink target '${target}' points outside the extracted tree`);
+      this.leaveOut(imgPath, `symlink target '${target}' points outside the extracted tree`);
       return false;
     }
     symlinkSync(target, hostFsPath(host));
@@ -274,14 +274,14 @@ class Extractor {
   private async special(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
     if (typeof hostFsPath(host) !== 'string') {
       // mkfifo and mknod take the name as a text argument, which cannot carry such bytes.
-      this.skip(imgPath, 'a FIFO or device node whose path is not UTF-8 is not extracted');
+      this.leaveOut(imgPath, 'a FIFO or device node whose path is not UTF-8 is not extracted');
       return false;
     }
     if (info.type === 'fifo') {
       await run('mkfifo', ['-m', '600', '--', host]);
     } else {
       if (!this.asRoot) {
-        this.skip(imgPath, 'device nodes are created only when running as root');
+        this.leaveOut(imgPath, 'device nodes are created only when running as root');
         return false;
       }
       const { major, minor } = decodeRdev(info.iBlock);
@@ -322,7 +322,7 @@ class Extractor {
     try {
       xs = await readVisibleXattrs(this.fs.sup, info);
     } catch (err) {
-      this.skip(imgPath, `extended attributes not restored: ${(err as Error).message}`);
+      this.leaveOut(imgPath, `extended attributes not restored: ${(err as Error).message}`);
       return;
     }
     // An attribute name whose bytes are not UTF-8 is not restored: such names are image-chosen
@@ -330,7 +330,7 @@ class Extractor {
     // layer refuses it as corruption, and formatGetfattrBlock asserts it, since setfattr's line
     // reader stops at a NUL.)
     const bad = xs.filter((x) => hasEscapedBytes(x.name));
-    for (const x of bad) this.skip(imgPath, `extended attribute ${JSON.stringify(x.name)} not restored: its name is not valid UTF-8`);
+    for (const x of bad) this.leaveOut(imgPath, `extended attribute ${JSON.stringify(x.name)} not restored: its name is not valid UTF-8`);
     if (bad.length > 0) xs = xs.filter((x) => !bad.includes(x));
     if (xs.length === 0) return;
     this.xattrDump += formatGetfattrBlock(host, xs);
@@ -355,7 +355,7 @@ class Extractor {
       if ((r.error as NodeJS.ErrnoException).code !== 'ENOENT') throw new PosixError('EIO', 'extract', undefined, `setfattr: ${r.error.message}`);
       this.noSetfattr = true;
       // OK to index: the dump is not empty, so an entry queued it.
-      this.skip(entries[0]!.imgPath, 'extended attributes not restored: setfattr (Debian package attr) is not installed');
+      this.leaveOut(entries[0]!.imgPath, 'extended attributes not restored: setfattr (Debian package attr) is not installed');
       return;
     }
     const failed = new Set<string>();
@@ -368,9 +368,9 @@ class Extractor {
       const cut = line.lastIndexOf(': ');
       const e = line.startsWith('setfattr: ') && cut > 10 ? byHost.get(line.slice(10, cut)) : undefined;
       if (e !== undefined) failed.add(e.host);
-      this.skip(e?.imgPath ?? entries[0]!.imgPath, `extended attribute not restored: ${e !== undefined ? line.slice(cut + 2) : line}`);
+      this.leaveOut(e?.imgPath ?? entries[0]!.imgPath, `extended attribute not restored: ${e !== undefined ? line.slice(cut + 2) : line}`);
     }
-    if (r.status !== 0 && !said) this.skip(entries[0]!.imgPath, `extended attributes not restored: setfattr exited with ${r.status ?? r.signal}`);
+    if (r.status !== 0 && !said) this.leaveOut(entries[0]!.imgPath, `extended attributes not restored: setfattr exited with ${r.status ?? r.signal}`);
     // Counted per entry: setfattr names the file that failed, not the attribute.
     for (const e of entries) if (!failed.has(e.host)) this.summary.xattrs += e.count;
   }

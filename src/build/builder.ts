@@ -285,17 +285,13 @@ class Builder {
       plan.uuid.add(e, sdeEpoch);
       if (e.kind === 'hardlink' && source.lateXattrs !== undefined) (linkNames ??= new Set()).add(e.path);
     }
-    const late = source.lateXattrs?.();
-    if (late !== undefined && late.size > 0 && o.xattrs !== false) {
-      // Folded in path order (the UUID's input must not depend on getfattr's readdir order).
-      for (const path of [...late.keys()].sort()) {
-        // OK to index: path is a key of late.
-        const xs = late.get(path)!;
-        if (xs.length === 0 || linkNames?.has(path) === true) continue;
-        plan.xattrs += xs.length;
-        plan.need.addXattrs(xs);
-        plan.uuid.addXattrs(path, xs);
-      }
+    // Folded in path order (the UUID's input must not depend on getfattr's readdir order).
+    const late = source.lateXattrs?.() ?? new Map<string, readonly Xattr[]>();
+    for (const [path, xs] of [...late].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      if (xs.length === 0 || linkNames?.has(path) === true) continue;
+      plan.xattrs += xs.length;
+      plan.need.addXattrs(xs);
+      plan.uuid.addXattrs(path, xs);
     }
     return plan;
   }

@@ -17,7 +17,7 @@ import nodeFs, { type PathLike } from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
 import { build, Ext4, extract } from '../../src/index.js';
 import { decodeName } from '../../src/util/bytes.js';
-import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 import {
   makeSpec, writeManifest, assertFsckClean, writeTar, writeHostTree, gzip, expectFromSpec, expectFromHost, verifyImage, writeHostFile, CAP_NET_RAW, aclXattr,
   type SpecEntry, type Expect,
@@ -231,38 +231,30 @@ test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-
 
 test('build from a host directory with names that are not UTF-8: the image holds their exact bytes (kernel), the API reopens what readdir gives, ext4ts get writes them back', async (t) => {
   const root = join(work, 'bytes-tree');
-  const at = (...parts: Buffer[]): Buffer => Buffer.concat([Buffer.from(root), ...parts.flatMap((p) => [Buffer.from('/'), p])]);
+  /** A host path as bytes: `base` and the components joined with '/'. */
+  const at = (base: string, ...parts: Buffer[]): Buffer => Buffer.concat([Buffer.from(base), ...parts.flatMap((p) => [Buffer.from('/'), p])]);
   const dirName = Buffer.from([0x64, 0xff]); // "d\xff"
   const fileName = Buffer.from([0x66, 0xe9]); // "f\xe9" (latin-1)
   const linkName = Buffer.from([0x6c, 0xc3, 0x28]); // "l" and a broken two-byte sequence
   const content = Buffer.from('bytes, not text\n');
   mkdirSync(root);
-  mkdirSync(at(dirName));
-  writeFileSync(at(dirName, fileName), content);
-  symlinkSync('target', at(linkName));
+  mkdirSync(at(root, dirName));
+  writeFileSync(at(root, dirName, fileName), content);
+  symlinkSync('target', at(root, linkName));
   // setfattr takes paths as text arguments; its --restore input carries the bytes.
-  const dump = Buffer.concat([Buffer.from('# file: '), at(dirName, fileName), Buffer.from('\nuser.k=0x7631\n\n')]);
+  const dump = Buffer.concat([Buffer.from('# file: '), at(root, dirName, fileName), Buffer.from('\nuser.k=0x7631\n\n')]);
   const xattr = haveCommands('setfattr', 'getfattr') && spawnSync('setfattr', ['--restore=-'], { input: dump }).status === 0;
   if (!xattr) t.diagnostic('no user xattr on the non-UTF-8 name: setfattr is missing or the host filesystem takes none');
   const img = join(work, 'bytes.img');
   const s = await build({ source: root, image: img });
   assert.equal(s.xattrs, xattr ? 1 : 0);
   assertFsckClean(img);
-  const loop = canLoopMount();
-  if (loop.ok) {
-    const mnt = join(work, 'mnt-bytes');
-    mkdirSync(mnt);
-    spawnSync('mount', ['-o', 'loop,ro', img, mnt]);
-    try {
-      const names = readdirSync(mnt, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort();
-      assert.deepEqual(names, [dirName, linkName, Buffer.from('lost+found')].map((b) => b.toString('hex')).sort());
-      const inMnt = Buffer.concat([Buffer.from(mnt), Buffer.from('/'), dirName, Buffer.from('/'), fileName]);
-      assert.deepEqual(readFileSync(inMnt), content);
-      assert.equal(readlinkSync(Buffer.concat([Buffer.from(mnt), Buffer.from('/'), linkName])), 'target');
-    } finally {
-      spawnSync('umount', [mnt]);
-    }
-  } else t.diagnostic(`kernel comparison skipped: ${loop.reason}`);
+  await withKernelMount(t, img, join(work, 'mnt-bytes'), (mnt) => {
+    const names = readdirSync(mnt, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort();
+    assert.deepEqual(names, [dirName, linkName, Buffer.from('lost+found')].map((b) => b.toString('hex')).sort());
+    assert.deepEqual(readFileSync(at(mnt, dirName, fileName)), content);
+    assert.equal(readlinkSync(at(mnt, linkName)), 'target');
+  });
   const fs = await Ext4.open(img);
   try {
     const top = await fs.readdir('/');
@@ -273,13 +265,13 @@ test('build from a host directory with names that are not UTF-8: the image holds
     const dest = join(work, 'bytes-out');
     const got = await extract(fs, '/', dest);
     assert.deepEqual(got.skipped, []);
-    assert.deepEqual(readFileSync(Buffer.concat([Buffer.from(dest), Buffer.from('/'), dirName, Buffer.from('/'), fileName])), content);
+    assert.deepEqual(readFileSync(at(dest, dirName, fileName)), content);
     if (xattr) {
       // Restored on the file of that name (the dump names it by its bytes).
       const dumped = spawnSync('getfattr', ['-R', '-d', '-e', 'hex', '-m', 'user.', dest]).stdout;
-      assert.ok(dumped.includes(Buffer.concat([Buffer.from('# file: '), Buffer.from(dest.slice(1)), Buffer.from('/'), dirName, Buffer.from('/'), fileName, Buffer.from('\nuser.k=0x7631\n')])), dumped.toString('latin1'));
+      assert.ok(dumped.includes(Buffer.concat([Buffer.from('# file: '), at(dest.slice(1), dirName, fileName), Buffer.from('\nuser.k=0x7631\n')])), dumped.toString('latin1'));
     }
-    assert.equal(readlinkSync(Buffer.concat([Buffer.from(dest), Buffer.from('/'), linkName])), 'target');
+    assert.equal(readlinkSync(at(dest, linkName)), 'target');
   } finally {
     await fs.close();
   }

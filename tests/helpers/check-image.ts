@@ -28,15 +28,7 @@ export async function checkImageBytes(t: TestContext, data: Uint8Array, dir: str
   const img = join(dir, `${name}.img`);
   writeFileSync(img, data);
   assertFsckClean(img);
-  const loop = canLoopMount();
-  if (!loop.ok) {
-    t.diagnostic(`${name}: kernel comparison skipped: ${loop.reason}`);
-    return;
-  }
-  const mnt = join(dir, `mnt-${name}`);
-  mkdirSync(mnt, { recursive: true });
-  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
-  try {
+  await withKernelMount(t, img, join(dir, `mnt-${name}`), async (mnt) => {
     const kern = describeMount(mnt);
     onMount?.(mnt);
     const ro = await Ext4.open(img);
@@ -45,6 +37,23 @@ export async function checkImageBytes(t: TestContext, data: Uint8Array, dir: str
     } finally {
       await ro.close();
     }
+  });
+}
+
+/**
+ * Runs `fn` on `img` mounted read-only by the kernel at `mnt` (made if absent), unmounting
+ * after; where loop mounts do not work, says why on the test output and runs nothing.
+ */
+export async function withKernelMount(t: TestContext, img: string, mnt: string, fn: (mnt: string) => Promise<void> | void): Promise<void> {
+  const loop = canLoopMount();
+  if (!loop.ok) {
+    t.diagnostic(`${img}: kernel comparison skipped: ${loop.reason}`);
+    return;
+  }
+  mkdirSync(mnt, { recursive: true });
+  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
+  try {
+    await fn(mnt);
   } finally {
     execFileSync('umount', [mnt]);
   }

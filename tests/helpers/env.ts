@@ -33,5 +33,6 @@ export function requireCommands(pkg: string, ...cmds: string[]): void {
  */
 export function skipBecause(t: TestContext, reason: string): void {
   process.stdout.write(`# skipped "${t.name}": ${reason}\n`);
+  t.diagnostic(`skipped: ${reason}`);
   t.skip(reason);
 }
