@@ -15,16 +15,37 @@ export interface Clock {
   now(): ClockTime;
 }
 
+/**
+ * A wall clock with nanosecond steps: the monotonic counter gives the digits below the
+ * millisecond, the wall clock gives the time. Whenever the two part by more than a millisecond
+ * (the wall clock was stepped, as NTP does on a freshly booted machine, or slewed), the clock
+ * re-anchors to the wall clock. The kernel stamps real time too; a clock anchored once ran
+ * seconds ahead after a step back, and e2fsck saw a superblock written in the future.
+ */
+export function wallClock(wallMs: () => number, monoNs: () => bigint): Clock {
+  let monoBase = monoNs();
+  let wallBaseNs = BigInt(wallMs()) * 1_000_000n;
+  return {
+    now(): ClockTime {
+      const mono = monoNs();
+      const ms = wallMs();
+      let ns = mono - monoBase + wallBaseNs;
+      const est = Number(ns / 1_000_000n);
+      if (est < ms - 1 || est > ms + 1) {
+        monoBase = mono;
+        wallBaseNs = BigInt(ms) * 1_000_000n;
+        ns = wallBaseNs;
+      }
+      const sec = ns / 1_000_000_000n;
+      const nsec = ns % 1_000_000_000n;
+      // BigInt division truncates toward zero: a time before 1970 borrows a second.
+      return nsec < 0n ? { sec: Number(sec) - 1, nsec: Number(nsec + 1_000_000_000n) } : { sec: Number(sec), nsec: Number(nsec) };
+    },
+  };
+}
+
 /** The host's wall clock with nanosecond resolution where the host has it. */
-export const systemClock: Clock = {
-  now(): ClockTime {
-    const ns = process.hrtime.bigint() - hrBase + wallBaseNs;
-    return { sec: Number(ns / 1_000_000_000n), nsec: Number(ns % 1_000_000_000n) };
-  },
-};
-// hrtime is monotonic; anchor it to the wall clock once so times are both real and ordered.
-const hrBase = process.hrtime.bigint();
-const wallBaseNs = BigInt(Date.now()) * 1_000_000n;
+export const systemClock: Clock = wallClock(() => Date.now(), () => process.hrtime.bigint());
 
 /** A clock that always says `sec`.`nsec` (reproducible images). */
 export function fixedClock(sec: number, nsec = 0): Clock {
