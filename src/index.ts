@@ -13,6 +13,8 @@ export { FileDevice } from './blockdev/file-device.js';
 export { MemDevice } from './blockdev/mem-device.js';
 export { extract, badName, symlinkStaysInside, ExtractRefused, type ExtractOptions, type ExtractSummary, type ExtractWarning } from './api/extract.js';
 export { dataRuns } from './api/ext4.js';
+// Names that are not UTF-8: their strings in the API, and those strings as host paths.
+export { decodeName, encodeUtf8, hostFsPath } from './util/bytes.js';
 export {
   mkfs, seededRandom, cryptoRandom, fixedClock, systemClock, type MkfsOptions, type MkfsTargetOptions, type MkfsResult,
   type Random, type Clock, type ClockTime,

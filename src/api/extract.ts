@@ -44,7 +44,7 @@ import { FileMap, forEachDataChunk } from '../fs/inode/file-map.js';
 import { iterateDir } from '../fs/dir/dir.js';
 import { decodeRdev } from '../format/inode.js';
 import { PosixError } from '../util/errors.js';
-import { decodeName, decodeUtf8Strict, encodeUtf8, hasEscapedBytes, hostFsPath } from '../util/bytes.js';
+import { decodeName, encodeUtf8, hasEscapedBytes, hostFsPath } from '../util/bytes.js';
 import { resolvePath, readSymlink } from '../fs/namei.js';
 import { readVisibleXattrs } from '../fs/xattr/xattr-read.js';
 import { formatGetfattrBlock } from '../util/getfattr-dump.js';
@@ -256,16 +256,17 @@ class Extractor {
 
   private async symlink(info: InodeInfo, imgPath: string, host: string): Promise<boolean> {
     const raw = await readSymlink(this.fs.sup, info);
-    const target = decodeUtf8Strict(raw);
-    if (target === undefined || raw.includes(0)) {
-      this.leaveOut(imgPath, 'symlink target is not valid UTF-8 or contains NUL');
+    if (raw.includes(0)) {
+      this.leaveOut(imgPath, 'symlink target contains NUL');
       return false;
     }
+    // Bytes that are not UTF-8 are kept (decodeName's escapes; hostFsPath undoes them).
+    const target = decodeName(raw);
     if (!symlinkStaysInside(posix.dirname(imgPath), target)) {
       this.leaveOut(imgPath, `symlink target '${target}' points outside the extracted tree`);
       return false;
     }
-    symlinkSync(target, hostFsPath(host));
+    symlinkSync(hostFsPath(target), hostFsPath(host));
     this.summary.symlinks++;
     await this.finish(info, host, true);
     return true;

@@ -20,7 +20,7 @@ import { Command, CommanderError } from 'commander';
 import type { BigIntStats } from 'node:fs';
 import { lstat, open, readdir, readlink } from 'node:fs/promises';
 import { basename } from 'node:path';
-import { Ext4, PosixError, type FileHandle, type OpenOptions, type Stats } from '../index.js';
+import { Ext4, PosixError, decodeName, hostFsPath, type FileHandle, type OpenOptions, type Stats } from '../index.js';
 import { parseSize } from './write-commands.js';
 
 /** Host bytes read (and handed to FileHandle.write) per step. */
@@ -271,7 +271,7 @@ async function putEntry(ctx: PutCtx, host: string, dest: string, st: BigIntStats
   const owner = { uid: Number(st.uid), gid: Number(st.gid) };
   await removeNonDir(fs, dest, existing);
   if (st.isSymbolicLink()) {
-    await fs.symlink(await readlink(host, { encoding: 'buffer' }), dest, owner);
+    await fs.symlink(await readlink(hostFsPath(host), { encoding: 'buffer' }), dest, owner);
     ctx.sum.symlinks++;
   } else {
     await fs.mknod(dest, { node: nodeSpec(host, st), mode: Number(st.mode) & 0o7777, ...owner });
@@ -290,10 +290,11 @@ async function putDir(ctx: PutCtx, host: string, dest: string, st: BigIntStats, 
     throw new PosixError('ENOTDIR', 'put', dest, 'cannot overwrite a non-directory with a directory');
   }
   ctx.sum.dirs++;
-  const names = (await readdir(host, { encoding: 'buffer' })).map((n) => hostName(host, n)).sort();
+  // A name that is not UTF-8 keeps its bytes (decodeName's escapes; hostFsPath undoes them).
+  const names = (await readdir(hostFsPath(host), { encoding: 'buffer' })).map((n) => decodeName(n)).sort();
   for (const name of names) {
     const child = `${host}/${name}`;
-    await putEntry(ctx, child, joinPath(dest, name), await lstat(child, { bigint: true }));
+    await putEntry(ctx, child, joinPath(dest, name), await lstat(hostFsPath(child), { bigint: true }));
   }
   if (existing !== undefined) {
     await fs.chown(dest, Number(st.uid), Number(st.gid), false);
@@ -335,7 +336,7 @@ async function putFile(ctx: PutCtx, host: string, dest: string, st: BigIntStats,
  */
 async function copyContents(ctx: PutCtx, host: string, dest: string, sizeBytes: number, sparse: boolean): Promise<void> {
   if (sizeBytes === 0) return;
-  const src = await open(host, 'r');
+  const src = await open(hostFsPath(host), 'r');
   let endBytes = 0;
   try {
     const fh = await ctx.fs.open(dest, 'r+');
@@ -418,15 +419,6 @@ function timespec(ns: bigint): { sec: number; nsec: number } {
     sec -= 1n;
   }
   return { sec: Number(sec), nsec: Number(nsec) };
-}
-
-/** A host directory entry name as a string; names that are not UTF-8 cannot be image paths. */
-function hostName(dir: string, name: Buffer): string {
-  try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(name);
-  } catch {
-    throw new PosixError('EINVAL', 'put', `${dir}/${name.toString('latin1')}`, 'the name is not valid UTF-8 (image paths are strings)');
-  }
 }
 
 async function statOrUndefined(fs: Ext4, path: string, follow: boolean): Promise<Stats | undefined> {

@@ -253,6 +253,40 @@ test('ext4ts put: into an existing directory, over an existing file (replaced), 
   assertClean(img);
 });
 
+test('ext4ts put: host names that are not UTF-8 keep their bytes (kernel, ext4ts get); the image is e2fsck-clean', (t) => {
+  const host = join(work, 'bytes-src');
+  /** A host path as bytes: `base` and the components joined with '/'. */
+  const at = (base: string, ...parts: Buffer[]): Buffer => Buffer.concat([Buffer.from(base), ...parts.flatMap((p) => [Buffer.from('/'), p])]);
+  const dirName = Buffer.from([0x64, 0xff]); // "d\xff"
+  const fileName = Buffer.from([0x66, 0xe9]); // "f\xe9" (latin-1)
+  const linkName = Buffer.from([0x6c, 0xc3, 0x28]); // "l" and a broken two-byte sequence
+  const content = bytes(70_000, 11);
+  mkdirSync(host);
+  mkdirSync(at(host, dirName));
+  writeFileSync(at(host, dirName, fileName), content);
+  symlinkSync(at('', dirName, fileName).subarray(1), at(host, linkName)); // "d\xff/f\xe9"
+  const img = mkimg('put-bytes.img', 4096, '16M');
+  const sum = JSON.parse(ok('put', '--json', img, host, '/')) as Record<string, unknown>;
+  assert.deepEqual([sum.files, sum.dirs, sum.symlinks, sum.bytes], [1, 2, 1, content.length]);
+  assertClean(img);
+  // ext4ts get writes the names back byte for byte.
+  const got = join(work, 'bytes-got');
+  ok('get', '-q', img, '/bytes-src', got);
+  assert.deepEqual(readdirSync(got, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [dirName, linkName].map((b) => b.toString('hex')).sort());
+  assert.deepEqual(readFileSync(at(got, dirName, fileName)), content);
+  assert.deepEqual(readlinkSync(at(got, linkName), { encoding: 'buffer' }), readlinkSync(at(host, linkName), { encoding: 'buffer' }));
+  if (!mountable.ok) {
+    t.diagnostic(`skipping the kernel comparison: ${mountable.reason}`);
+    return;
+  }
+  withMount(img, (mnt) => {
+    const top = join(mnt, 'bytes-src');
+    assert.deepEqual(readdirSync(top, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [dirName, linkName].map((b) => b.toString('hex')).sort());
+    assert.deepEqual(readFileSync(at(top, dirName, fileName)), content);
+    assert.deepEqual(readFileSync(at(top, linkName)), content, 'the symlink resolves through the byte names');
+  });
+});
+
 test('ext4ts put --stats: one JSON line with the six keys; --max-bio-kib 128 splits an extent into many bios', () => {
   const host = join(work, 'big.bin');
   writeFileSync(host, bytes(4 << 20, 99));
