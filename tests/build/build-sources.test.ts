@@ -63,7 +63,7 @@ test(`build from a manifest: every entry type, xattrs, holes and extreme times r
   assert.equal(s.devices, counts(spec, 'chr') + counts(spec, 'blk'));
   assert.equal(s.sockets, 1);
   assert.equal(s.sparseFiles, 1);
-  const how = await verifyImage(img, expectFromSpec(spec, { xattrs: true, sockets: true, holes: true }), ['/big']);
+  const how = await verifyImage(t, img, expectFromSpec(spec, { xattrs: true, sockets: true, holes: true }), ['/big']);
   t.diagnostic(`${spec.length} entries compared through ${how}`);
 });
 
@@ -77,7 +77,7 @@ test('build from a tar (tar-stream pack, PAX times and xattrs) and from the same
     const s = await build({ source: src, image: img });
     assert.equal(s.sourceKind, 'tar');
     assert.equal(s.files, counts(spec, 'file'));
-    const how = await verifyImage(img, expected, ['/big']);
+    const how = await verifyImage(t, img, expected, ['/big']);
     t.diagnostic(`${name}: ${expected.length} entries compared through ${how}`);
   }
 });
@@ -93,7 +93,7 @@ test('build from a host directory: types, modes, owners, ns times, hard links, F
   // With getfattr the tree's (absent) attributes are read; without it the build says they are not.
   if (hasGetfattr) assert.doesNotMatch(s.warnings.join('\n'), /extended attributes/);
   else assert.match(s.warnings.join('\n'), /extended attributes of a directory source are not copied/);
-  const how = await verifyImage(img, expected, ['/big']);
+  const how = await verifyImage(t, img, expected, ['/big']);
   t.diagnostic(`${expected.length} entries compared through ${how}`);
 });
 
@@ -106,7 +106,7 @@ test('build from a host directory walked twice (keepEntries 0: no list kept betw
   await build({ source: root, image: img, keepEntries: 0 });
   // The first walk's readdir and readlink moved directory and symlink atimes on the host: the
   // image must still show the atimes from before the build.
-  const how = await verifyImage(img, expected, ['/big']);
+  const how = await verifyImage(t, img, expected, ['/big']);
   t.diagnostic(`${expected.length} entries compared through ${how}`);
 });
 
@@ -169,13 +169,13 @@ test('build from a host directory with extended attributes (read by getfattr): e
   const total = [...want.values()].reduce((n, xs) => n + Object.keys(xs).length, 0);
   assert.equal(s.xattrs, total);
   assert.deepEqual(s.warnings, []);
-  t.diagnostic(`with xattrs: compared through ${await verifyImage(img, withXattrs, ['/big'])}`);
+  t.diagnostic(`with xattrs: compared through ${await verifyImage(t, img, withXattrs, ['/big'])}`);
   // The first build read the directories, which moved their atimes on the host: expect those.
   const later = expectFromHost(root, plain);
   const bare = join(work, 'xattr-none.img');
   const n = await build({ source: root, image: bare, xattrs: false });
   assert.equal(n.xattrs, 0);
-  t.diagnostic(`xattrs: false: compared through ${await verifyImage(bare, later, ['/big'])}`);
+  t.diagnostic(`xattrs: false: compared through ${await verifyImage(t, bare, later, ['/big'])}`);
   // A tree too large to keep (keepEntries 0): walked twice, once to plan (getfattr runs after it,
   // its xattrs folded into the plan) and once to write.
   const walkedImg = join(work, 'xattr-walked.img');
@@ -185,7 +185,7 @@ test('build from a host directory with extended attributes (read by getfattr): e
   assert.equal(walked.calls, 2, 'host walks of the source (readdir of its root)');
   assert.equal(walked.result.xattrs, total);
   const laterWithXattrs = now.map((x) => ({ ...x, xattrs: withXattrs.find((w) => w.path === x.path)!.xattrs }));
-  t.diagnostic(`walked twice: compared through ${await verifyImage(walkedImg, laterWithXattrs, ['/big'])}`);
+  t.diagnostic(`walked twice: compared through ${await verifyImage(t, walkedImg, laterWithXattrs, ['/big'])}`);
   // The folded plan is the kept one: a reproducible build derives the same UUID either way.
   const keptUuid = (await build({ source: root, image: walkedImg, reproducible: true })).uuid;
   assert.equal((await build({ source: root, image: walkedImg, reproducible: true, keepEntries: 0 })).uuid, keptUuid);
@@ -224,7 +224,7 @@ test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-
   const img = join(work, 'gnu.img');
   const s = await build({ source: tarPath, image: img });
   assert.equal(s.xattrs, 2);
-  const how = await verifyImage(img, expected);
+  const how = await verifyImage(t, img, expected);
   t.diagnostic(`compared through ${how}`);
   assert.ok(existsSync(img));
 });

@@ -7,11 +7,12 @@
  * mount, read-only) or, without root, through ext4ts's read path, and compares every entry.
  */
 import assert from 'node:assert/strict';
+import type { TestContext } from 'node:test';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   mkdirSync, writeFileSync, symlinkSync, linkSync, openSync, writeSync, closeSync, ftruncateSync, utimesSync,
-  lutimesSync, lstatSync, readdirSync, readFileSync, readlinkSync, mkdtempSync, rmSync, chownSync, lchownSync, chmodSync,
+  lutimesSync, lstatSync, readdirSync, readFileSync, readlinkSync, mkdtempSync, rmdirSync, chownSync, lchownSync, chmodSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,8 +20,7 @@ import { gzipSync } from 'node:zlib';
 import { pack } from 'tar-stream';
 import { Ext4 } from '../../src/index.js';
 import { seededPrng, type Prng } from '../../src/runtime/random.js';
-import { canLoopMount } from '../helpers/fixtures.js';
-import { assertFsckClean } from '../helpers/check-image.js';
+import { assertFsckClean, withKernelMount } from '../helpers/check-image.js';
 
 export { assertFsckClean };
 
@@ -374,43 +374,36 @@ const TYPE_OF_MODE: Record<number, string> = {
 /** What one view (a kernel mount or ext4ts) shows for a path, in Expect's terms plus the inode. */
 type Seen = Omit<Expect, 'maxSectors' | 'group'> & { ino: string; nlink: number; sectors?: number };
 
-/** Reads every entry under a loop mount of `img` (read-only), with xattrs and inode flags. */
-function seenByKernel(img: string): { seen: Map<string, Seen>; flags: Map<string, string> } {
-  const mnt = mkdtempSync(join(tmpdir(), 'ext4ts-build-mnt-'));
-  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
-  try {
-    const xattrs = getfattrDump(mnt);
-    const flags = new Map<string, string>();
-    const ls = spawnSync('lsattr', ['-R', '-a', mnt], { encoding: 'utf8', maxBuffer: 1 << 26 });
-    for (const line of ls.stdout.split('\n')) {
-      const m = /^(\S{10,}) (.+)$/.exec(line);
-      if (m) flags.set(m[2]!.slice(mnt.length) || '/', m[1]!);
-    }
-    const d = spawnSync('lsattr', ['-d', mnt], { encoding: 'utf8' });
-    flags.set('/', d.stdout.split(' ')[0] ?? '');
-    const seen = new Map<string, Seen>();
-    const walk = (host: string, p: string): void => {
-      const st = lstatSync(host, { bigint: true });
-      const type = TYPE_OF_MODE[Number(st.mode) & 0o170000] ?? 'other';
-      const s: Seen = {
-        path: p, type, perm: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), atime: nsText(st.atimeNs),
-        mtime: nsText(st.mtimeNs), xattrs: xattrs.get(host) ?? {}, ino: String(st.ino), nlink: Number(st.nlink), sectors: Number(st.blocks),
-      };
-      if (type === 'file') {
-        s.size = Number(st.size);
-        s.sha256 = sha(readFileSync(host));
-      }
-      if (type === 'symlink') s.targetHex = hex(readlinkSync(host, { encoding: 'buffer' }));
-      if (type === 'chr' || type === 'blk') s.rdev = `${Number((st.rdev >> 8n) & 0xfffn | ((st.rdev >> 32n) & ~0xfffn))}:${Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn))}`;
-      seen.set(p, s);
-      if (type === 'dir') for (const n of readdirSync(host)) walk(join(host, n), p === '/' ? `/${n}` : `${p}/${n}`);
-    };
-    walk(mnt, '/');
-    return { seen, flags };
-  } finally {
-    for (let i = 0; i < 5 && spawnSync('umount', [mnt]).status !== 0; i++) execFileSync('sleep', ['0.2']);
-    rmSync(mnt, { recursive: true, force: true });
+/** Reads every entry under `mnt` (a kernel mount of the image), with xattrs and inode flags. */
+function seenByKernel(mnt: string): { seen: Map<string, Seen>; flags: Map<string, string> } {
+  const xattrs = getfattrDump(mnt);
+  const flags = new Map<string, string>();
+  const ls = spawnSync('lsattr', ['-R', '-a', mnt], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  for (const line of ls.stdout.split('\n')) {
+    const m = /^(\S{10,}) (.+)$/.exec(line);
+    if (m) flags.set(m[2]!.slice(mnt.length) || '/', m[1]!);
   }
+  const d = spawnSync('lsattr', ['-d', mnt], { encoding: 'utf8' });
+  flags.set('/', d.stdout.split(' ')[0] ?? '');
+  const seen = new Map<string, Seen>();
+  const walk = (host: string, p: string): void => {
+    const st = lstatSync(host, { bigint: true });
+    const type = TYPE_OF_MODE[Number(st.mode) & 0o170000] ?? 'other';
+    const s: Seen = {
+      path: p, type, perm: Number(st.mode & 0o7777n), uid: Number(st.uid), gid: Number(st.gid), atime: nsText(st.atimeNs),
+      mtime: nsText(st.mtimeNs), xattrs: xattrs.get(host) ?? {}, ino: String(st.ino), nlink: Number(st.nlink), sectors: Number(st.blocks),
+    };
+    if (type === 'file') {
+      s.size = Number(st.size);
+      s.sha256 = sha(readFileSync(host));
+    }
+    if (type === 'symlink') s.targetHex = hex(readlinkSync(host, { encoding: 'buffer' }));
+    if (type === 'chr' || type === 'blk') s.rdev = `${Number((st.rdev >> 8n) & 0xfffn | ((st.rdev >> 32n) & ~0xfffn))}:${Number((st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn))}`;
+    seen.set(p, s);
+    if (type === 'dir') for (const n of readdirSync(host)) walk(join(host, n), p === '/' ? `/${n}` : `${p}/${n}`);
+  };
+  walk(mnt, '/');
+  return { seen, flags };
 }
 
 /** getfattr -R -h -d -m - -e hex: host path → name → hex. */
@@ -470,12 +463,20 @@ async function seenByExt4ts(img: string): Promise<Map<string, Seen>> {
  * Checks `img` against `expected`: e2fsck clean; then every expected entry (type, mode, owner,
  * atime/mtime to the nanosecond, size and sha256, holes, symlink target bytes, device numbers,
  * xattrs, hard-link identity and count), nothing unexpected besides lost+found, regular files
- * extent-mapped and `indexedDirs` htree-indexed. Returns which view was used.
+ * extent-mapped and `indexedDirs` htree-indexed. Reads through the kernel where loop mounts work,
+ * else through ext4ts (saying so on `t`'s output). Returns which view was used.
  */
-export async function verifyImage(img: string, expected: readonly Expect[], indexedDirs: readonly string[] = []): Promise<'kernel' | 'ext4ts'> {
+export async function verifyImage(t: TestContext, img: string, expected: readonly Expect[], indexedDirs: readonly string[] = []): Promise<'kernel' | 'ext4ts'> {
   assertFsckClean(img);
-  const kernel = canLoopMount().ok;
-  const got = kernel ? seenByKernel(img) : { seen: await seenByExt4ts(img), flags: undefined };
+  const mnt = mkdtempSync(join(tmpdir(), 'ext4ts-build-mnt-'));
+  let byKernel: ReturnType<typeof seenByKernel> | undefined;
+  try {
+    byKernel = await withKernelMount(t, img, mnt, seenByKernel);
+  } finally {
+    rmdirSync(mnt); // never recursive: withKernelMount has unmounted it (or detached it lazily)
+  }
+  const kernel = byKernel !== undefined;
+  const got = byKernel ?? { seen: await seenByExt4ts(img), flags: undefined };
   const problems: string[] = [];
   const groups = new Map<string, Seen[]>();
   for (const x of expected) {

@@ -12,17 +12,16 @@ import { spawnSync, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import {
   mkdtempSync, rmSync, mkdirSync, writeFileSync, symlinkSync, linkSync, openSync, writeSync, closeSync,
-  readFileSync, readdirSync, lstatSync, readlinkSync, chownSync, chmodSync, existsSync, rmdirSync,
+  readFileSync, readdirSync, lstatSync, readlinkSync, chownSync, chmodSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 
 const CLI = resolve(import.meta.dirname, '../../src/cli/main.js');
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-data-'));
 after(() => rmSync(work, { recursive: true, force: true }));
 const isRoot = process.getuid?.() === 0;
-const mountable = canLoopMount();
 
 function ext4ts(args: string[]): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [CLI, ...args], { maxBuffer: 1 << 26 });
@@ -181,18 +180,8 @@ function comparable(e: Entry, opts: { atime: boolean; nsExact: boolean }): Recor
   };
 }
 
-/** Mounts `img` read-only through the kernel, runs `fn` on the mount point, unmounts. */
-function withMount<T>(img: string, fn: (mnt: string) => T): T {
-  const mnt = mkdtempSync(join(work, 'mnt-'));
-  const r = spawnSync('mount', ['-o', 'loop,ro,noatime', img, mnt], { encoding: 'utf8' });
-  assert.equal(r.status, 0, `mount ${img}: ${r.stderr}`);
-  try {
-    return fn(mnt);
-  } finally {
-    if (spawnSync('umount', [mnt]).status !== 0) spawnSync('umount', ['-l', mnt]);
-    if (existsSync(mnt)) rmdirSync(mnt); // never recursive: it might still be a mount point
-  }
-}
+/** How the tests mount images through the kernel: read-only and noatime (atimes are compared to the nanosecond). */
+const KERNEL_MOUNT = { options: ['noatime'] };
 
 const src = join(work, 'tree');
 mkdirSync(src);
@@ -201,7 +190,7 @@ const srcEntries = walk(src); // each entry's times are taken before it is read
 const sparseData = readFileSync(join(src, 'sparse'));
 
 for (const bs of [1024, 4096]) {
-  test(`ext4ts put: a host tree into a ${bs}-byte-block image equals the source (kernel mount, ext4ts get), holes kept`, (t) => {
+  test(`ext4ts put: a host tree into a ${bs}-byte-block image equals the source (kernel mount, ext4ts get), holes kept`, async (t) => {
     const img = mkimg(`put-${bs}.img`, bs);
     setTimes(src);
     ok('put', '-q', img, src, '/');
@@ -217,11 +206,7 @@ for (const bs of [1024, 4096]) {
     const stat = JSON.parse(ok('stat', '--json', img, '/tree/sparse')) as { size: number; blocks: number };
     assert.equal(stat.size, SPARSE_SIZE);
     assert.equal(stat.blocks, (nonZeroBlocks(sparseData, bs) * bs) / 512, 'allocated blocks of /tree/sparse');
-    if (!mountable.ok) {
-      t.diagnostic(`skipping the kernel comparison: ${mountable.reason}`);
-      return;
-    }
-    withMount(img, (mnt) => {
+    await withKernelMount(t, img, join(work, `mnt-put-${bs}`), (mnt) => {
       const kernel = walk(join(mnt, 'tree'));
       const exact = { atime: true, nsExact: true };
       assert.deepEqual(kernel.map((e) => comparable(e, exact)), srcEntries.map((e) => comparable(e, exact)));
@@ -229,7 +214,7 @@ for (const bs of [1024, 4096]) {
       const sp = kernel.find((e) => e.rel === 'sparse');
       assert.ok(sp !== undefined && sp.blocks * 512 < SPARSE_SIZE, `sparse file allocates ${sp?.blocks} sectors`);
       assert.equal(sp.blocks, (nonZeroBlocks(sparseData, bs) * bs) / 512);
-    });
+    }, KERNEL_MOUNT);
   });
 }
 
@@ -253,7 +238,7 @@ test('ext4ts put: into an existing directory, over an existing file (replaced), 
   assertClean(img);
 });
 
-test('ext4ts put: host names that are not UTF-8 keep their bytes (kernel, ext4ts get); the image is e2fsck-clean', (t) => {
+test('ext4ts put: host names that are not UTF-8 keep their bytes (kernel, ext4ts get); the image is e2fsck-clean', async (t) => {
   const host = join(work, 'bytes-src');
   /** A host path as bytes: `base` and the components joined with '/'. */
   const at = (base: string, ...parts: Buffer[]): Buffer => Buffer.concat([Buffer.from(base), ...parts.flatMap((p) => [Buffer.from('/'), p])]);
@@ -275,16 +260,12 @@ test('ext4ts put: host names that are not UTF-8 keep their bytes (kernel, ext4ts
   assert.deepEqual(readdirSync(got, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [dirName, linkName].map((b) => b.toString('hex')).sort());
   assert.deepEqual(readFileSync(at(got, dirName, fileName)), content);
   assert.deepEqual(readlinkSync(at(got, linkName), { encoding: 'buffer' }), readlinkSync(at(host, linkName), { encoding: 'buffer' }));
-  if (!mountable.ok) {
-    t.diagnostic(`skipping the kernel comparison: ${mountable.reason}`);
-    return;
-  }
-  withMount(img, (mnt) => {
+  await withKernelMount(t, img, join(work, 'mnt-put-bytes'), (mnt) => {
     const top = join(mnt, 'bytes-src');
     assert.deepEqual(readdirSync(top, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [dirName, linkName].map((b) => b.toString('hex')).sort());
     assert.deepEqual(readFileSync(at(top, dirName, fileName)), content);
     assert.deepEqual(readFileSync(at(top, linkName)), content, 'the symlink resolves through the byte names');
-  });
+  }, KERNEL_MOUNT);
 });
 
 test('ext4ts put --stats: one JSON line with the six keys; --max-bio-kib 128 splits an extent into many bios', () => {
@@ -333,7 +314,7 @@ test('ext4ts put --page-size 16384 and 65536: the same bytes as the source', () 
   }
 });
 
-test('ext4ts fallocate: default, --keep-size, --punch-hole, --zero-range; ext4ts truncate with the data flags', (t) => {
+test('ext4ts fallocate: default, --keep-size, --punch-hole, --zero-range; ext4ts truncate with the data flags', async (t) => {
   for (const bs of [1024, 4096]) {
     const img = mkimg(`falloc-${bs}.img`, bs, '16M');
     const host = join(work, `falloc-src-${bs}`);
@@ -368,13 +349,9 @@ test('ext4ts fallocate: default, --keep-size, --punch-hole, --zero-range; ext4ts
     const created = JSON.parse(ok('fallocate', '--json', '-l', '1M', img, '/new')) as { size: number; blocks: number };
     assert.deepEqual(created, { path: '/new', size: 1 << 20, blocks: (1 << 20) / 512 });
     assertClean(img);
-    if (!mountable.ok) {
-      t.diagnostic(`skipping the kernel comparison: ${mountable.reason}`);
-      continue;
-    }
-    withMount(img, (mnt) => {
+    await withKernelMount(t, img, join(work, `mnt-falloc-${bs}`), (mnt) => {
       assert.deepEqual(readFileSync(join(mnt, 'f')), expect.subarray(0, 61_440));
       assert.deepEqual(readFileSync(join(mnt, 'new')), Buffer.alloc(1 << 20));
-    });
+    }, KERNEL_MOUNT);
   }
 });

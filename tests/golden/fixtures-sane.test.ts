@@ -15,6 +15,7 @@ import { mkdtemp, rmdir } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { withKernelMount } from '../helpers/check-image.js';
 import {
   canLoopMount,
   listFixtures,
@@ -183,31 +184,25 @@ test('kernel re-walk: a fresh mount of the fixtures equals the stored manifests'
   }
   requireCommands('attr', 'getfattr');
   const manifestJs = join(repoRoot(), 'scripts', 'manifest.mjs');
-  const wanted: Array<{ name: string; opts: string }> = [
-    { name: 'ext4-4k', opts: 'loop,ro,noatime' },
+  const wanted: Array<{ name: string; rw: boolean }> = [
+    { name: 'ext4-4k', rw: false },
     // the kernel must replay this journal, which a read-only loop device would forbid
-    { name: 'journal-replay', opts: 'loop,noatime' },
+    { name: 'journal-replay', rw: true },
   ];
-  for (const { name, opts } of wanted.filter((w) => listFixtures().includes(w.name))) {
+  for (const { name, rw } of wanted.filter((w) => listFixtures().includes(w.name))) {
     const fx = await loadFixture(name);
     const mnt = await mkdtemp(join(tmpdir(), `ext4ts-mnt-${name}-`));
-    let mounted = false;
     try {
-      const fsType = fx.manifest.fsType ?? 'ext4';
-      const mr = run('mount', ['-t', fsType, '-o', opts, fx.imagePath, mnt]);
-      assert.equal(mr.status, 0, `mount ${name}: ${mr.err}`);
-      mounted = true;
-      const r = run(process.execPath, [manifestJs, mnt, '--entries-only']);
-      assert.equal(r.status, 0, `manifest.mjs: ${r.err}`);
-      const entries = JSON.parse(r.out) as ManifestEntry[];
-      assert.deepEqual(entries, fx.manifest.entries, `${name}: kernel view on remount vs stored manifest`);
-      t.diagnostic(`${name}: ${entries.length} entries re-walked through the kernel (mount -o ${opts}) equal the manifest`);
+      const how = { rw, options: ['noatime'], type: fx.manifest.fsType ?? 'ext4' };
+      await withKernelMount(t, fx.imagePath, mnt, (root) => {
+        const r = run(process.execPath, [manifestJs, root, '--entries-only']);
+        assert.equal(r.status, 0, `manifest.mjs: ${r.err}`);
+        const entries = JSON.parse(r.out) as ManifestEntry[];
+        assert.deepEqual(entries, fx.manifest.entries, `${name}: kernel view on remount vs stored manifest`);
+        t.diagnostic(`${name}: ${entries.length} entries re-walked through the kernel (mount -o ${rw ? 'loop,noatime' : 'loop,ro,noatime'}) equal the manifest`);
+      }, how);
     } finally {
-      if (mounted) {
-        const u = run('umount', [mnt]);
-        if (u.status !== 0) run('umount', ['-l', mnt]);
-      }
-      if (existsSync(mnt)) await rmdir(mnt); // never recursive: it might still be a mount point
+      if (existsSync(mnt)) await rmdir(mnt); // never recursive: withKernelMount has unmounted it (or detached it lazily)
       await fx.cleanup();
     }
   }

@@ -4,7 +4,7 @@
  */
 import type { TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Ext4 } from '../../src/index.js';
@@ -40,21 +40,63 @@ export async function checkImageBytes(t: TestContext, data: Uint8Array, dir: str
   });
 }
 
+/** How withKernelMount mounts; without options, `mount -o loop,ro`. */
+export interface KernelMountOptions {
+  /** Read-write (the kernel may then replay a journal, release orphans, take writes); read-only when absent. */
+  rw?: boolean;
+  /** More `-o` options (noatime, ...), after loop and ro. */
+  options?: readonly string[];
+  /** The filesystem type given as `-t` (ext2, ext3, ext4); the kernel probes when absent. */
+  type?: string;
+}
+
 /**
- * Runs `fn` on `img` mounted read-only by the kernel at `mnt` (made if absent), unmounting
- * after; where loop mounts do not work, says why on the test output and runs nothing.
+ * Runs `fn` on `img` mounted by the kernel at `mnt` (made if absent; read-only unless
+ * `opts.rw`), unmounting after, and returns what `fn` returned; where loop mounts do not work,
+ * says why on the test output, runs nothing and returns undefined. Where they do, a mount the
+ * kernel refuses fails the test. The unmount always happens: retried while busy, else detached
+ * lazily (so removing `mnt`'s parent later cannot reach into the image); a failed unmount fails
+ * the test (or, when `fn` failed already, is reported next to that failure).
  */
-export async function withKernelMount(t: TestContext, img: string, mnt: string, fn: (mnt: string) => Promise<void> | void): Promise<void> {
+export async function withKernelMount<T>(
+  t: TestContext,
+  img: string,
+  mnt: string,
+  fn: (mnt: string) => Promise<T> | T,
+  opts: KernelMountOptions = {},
+): Promise<T | undefined> {
   const loop = canLoopMount();
   if (!loop.ok) {
     t.diagnostic(`${img}: kernel comparison skipped: ${loop.reason}`);
-    return;
+    return undefined;
   }
   mkdirSync(mnt, { recursive: true });
-  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
+  const args = [...(opts.type !== undefined ? ['-t', opts.type] : []), '-o', ['loop', ...(opts.rw === true ? [] : ['ro']), ...(opts.options ?? [])].join(','), img, mnt];
+  const m = spawnSync('mount', args, { encoding: 'utf8' });
+  assert.equal(m.status, 0, `mount ${args.join(' ')}: ${m.error?.message ?? m.stderr.trim()}`);
+  let done = false;
   try {
-    await fn(mnt);
+    const r = await fn(mnt);
+    done = true;
+    return r;
   } finally {
-    execFileSync('umount', [mnt]);
+    const problem = await unmount(mnt);
+    if (problem !== undefined) {
+      if (done) throw new Error(problem);
+      t.diagnostic(problem);
+    }
   }
+}
+
+/** Unmounts `mnt`, retrying while it is busy, else detaching it lazily; says what went wrong, if anything. */
+async function unmount(mnt: string): Promise<string | undefined> {
+  let why = '';
+  for (let i = 0; i < 5; i++) {
+    if (i > 0) await new Promise((resolve) => setTimeout(resolve, 200));
+    const u = spawnSync('umount', [mnt], { encoding: 'utf8' });
+    if (u.status === 0) return undefined;
+    why = u.error?.message ?? u.stderr.trim();
+  }
+  const lazy = spawnSync('umount', ['-l', mnt], { encoding: 'utf8' });
+  return `umount ${mnt}: ${why}; ${lazy.status === 0 ? 'detached lazily' : `umount -l failed too: ${lazy.error?.message ?? lazy.stderr.trim()}`}`;
 }

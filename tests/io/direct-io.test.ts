@@ -20,11 +20,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4 } from '../../src/index.js';
-import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 import { SimDevice, type SimRequest } from '../../src/blockdev/sim-device.js';
 import { FileDevice } from '../../src/blockdev/file-device.js';
 import { MemDevice } from '../../src/blockdev/mem-device.js';
@@ -597,23 +597,13 @@ test('real image (mkfs.ext4, FileDevice): sync, async depth 32, holes, fallocate
   const ro = await Ext4.open(img);
   for (const [name, want] of model) assert.ok(Buffer.from(await ro.readFile('/' + name)).equals(Buffer.from(want)), `ext4ts readFile of ${name}`);
   await ro.close();
-  const lm = canLoopMount();
-  if (!lm.ok) {
-    t.diagnostic(`kernel loop mount skipped: ${lm.reason}`);
-    return;
-  }
-  const mnt = join(work, 'mnt-real');
-  mkdirSync(mnt);
-  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
-  try {
+  await withKernelMount(t, img, join(work, 'mnt-real'), (mnt) => {
     for (const [name, want] of model) {
       const got = readFileSync(join(mnt, name));
       assert.ok(got.equals(Buffer.from(want)), `kernel content of ${name}`);
     }
     t.diagnostic(`kernel loop mount: ${model.size} files compared byte for byte`);
-  } finally {
-    execFileSync('umount', [mnt]);
-  }
+  });
   rmSync(img);
 });
 

@@ -5,14 +5,14 @@
  * writeback and eviction in the middle of random writes and reads. Every image passes
  * `e2fsck -fn`, reads back through ext4ts after remount, and through the kernel (loop mount).
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, readFileSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4, PosixError } from '../../src/index.js';
-import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-fapi-'));
 process.on('exit', () => rmSync(work, { recursive: true, force: true }));
@@ -34,20 +34,14 @@ function prng(seed: number): (n: number) => number {
 }
 
 /** Reads every file of `model` through the kernel (read-only loop mount) and compares. */
-function kernelCompare(img: string, model: Map<string, Uint8Array>, what: string): void {
-  if (!canLoopMount().ok) return;
-  const mnt = join(work, `mnt-${what}`);
-  mkdirSync(mnt, { recursive: true });
-  execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
-  try {
+async function kernelCompare(t: TestContext, img: string, model: Map<string, Uint8Array>, what: string): Promise<void> {
+  await withKernelMount(t, img, join(work, `mnt-${what}`), (mnt) => {
     for (const [n, want] of model) {
       const got = readFileSync(join(mnt, n));
       assert.equal(got.length, want.length, `${what}: kernel size of ${n}`);
       assert.ok(got.equals(Buffer.from(want)), `${what}: kernel content of ${n}`);
     }
-  } finally {
-    execFileSync('umount', [mnt]);
-  }
+  });
 }
 
 async function ext4tsCompare(img: string, model: Map<string, Uint8Array>, what: string): Promise<void> {
@@ -99,7 +93,7 @@ test('open flags like node:fs: r is read-only, wx refuses an existing file, w tr
 });
 
 for (const blockSize of [1024, 4096]) {
-  test(`fallocate default / keep size / punch hole / zero range and truncate through the cache (${blockSize}-byte blocks): kernel reads the model, e2fsck clean`, async () => {
+  test(`fallocate default / keep size / punch hole / zero range and truncate through the cache (${blockSize}-byte blocks): kernel reads the model, e2fsck clean`, async (ctx) => {
     const img = join(work, `falloc-${blockSize}.img`);
     await Ext4.mkfs(img, { sizeBytes: 32 << 20, blockSize });
     const fs = await Ext4.open(img, { readOnly: false, pageSizeBytes: 16384 });
@@ -159,7 +153,7 @@ for (const blockSize of [1024, 4096]) {
     await fs.close();
     e2fsckClean(img);
     await ext4tsCompare(img, model, `falloc-${blockSize}`);
-    kernelCompare(img, model, `falloc-${blockSize}`);
+    await kernelCompare(ctx, img, model, `falloc-${blockSize}`);
   });
 }
 
@@ -186,7 +180,7 @@ test('unlink of an open file with dirty cached data: the handle keeps working, t
 });
 
 for (const [blockSize, pageSizeBytes] of [[1024, 4096], [4096, 65536]] as const) {
-  test(`tiny dirty and cache limits (${blockSize}-byte blocks, ${pageSizeBytes}-byte pages): writeback and eviction mid-workload keep contents exact`, async () => {
+  test(`tiny dirty and cache limits (${blockSize}-byte blocks, ${pageSizeBytes}-byte pages): writeback and eviction mid-workload keep contents exact`, async (t) => {
     const img = join(work, `limits-${blockSize}.img`);
     await Ext4.mkfs(img, { sizeBytes: 48 << 20, blockSize });
     const fs = await Ext4.open(img, { readOnly: false, pageSizeBytes, dirtyLimitBytes: 4 * pageSizeBytes, cacheLimitBytes: 8 * pageSizeBytes, maxBioVecs: 4 });
@@ -226,12 +220,12 @@ for (const [blockSize, pageSizeBytes] of [[1024, 4096], [4096, 65536]] as const)
     await fs.close();
     e2fsckClean(img);
     await ext4tsCompare(img, model, `limits-${blockSize}`);
-    kernelCompare(img, model, `limits-${blockSize}`);
+    await kernelCompare(t, img, model, `limits-${blockSize}`);
     assert.ok(statSync(img).size > 0);
   });
 }
 
-test('O_DIRECT through the public API: sync and asynchronous (depth 32) writes into fallocated space and holes, mixed with buffered I/O; kernel and e2fsck agree', async () => {
+test('O_DIRECT through the public API: sync and asynchronous (depth 32) writes into fallocated space and holes, mixed with buffered I/O; kernel and e2fsck agree', async (t) => {
   const img = join(work, 'direct.img');
   await Ext4.mkfs(img, { sizeBytes: 64 << 20, blockSize: 4096 });
   const fs = await Ext4.open(img, { readOnly: false });
@@ -280,5 +274,5 @@ test('O_DIRECT through the public API: sync and asynchronous (depth 32) writes i
   await fs.close();
   e2fsckClean(img);
   await ext4tsCompare(img, new Map([['d', model]]), 'direct');
-  kernelCompare(img, new Map([['d', model]]), 'direct');
+  await kernelCompare(t, img, new Map([['d', model]]), 'direct');
 });

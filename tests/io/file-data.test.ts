@@ -10,11 +10,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4, PosixError } from '../../src/index.js';
-import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 import { SimDevice } from '../../src/blockdev/sim-device.js';
 import { SimWorkQueue } from '../../src/runtime/work-queue.js';
 import { MemDevice } from '../../src/blockdev/mem-device.js';
@@ -86,7 +86,7 @@ async function makeImage(v: Variant, img: string, sizeBytes: number): Promise<vo
 }
 
 for (const [vi, v] of VARIANTS.entries()) {
-  test(`buffered writes ${v.name}: e2fsck clean, ext4ts and the kernel read back the model (invariants 3, 10, 11, 19, 20)`, async () => {
+  test(`buffered writes ${v.name}: e2fsck clean, ext4ts and the kernel read back the model (invariants 3, 10, 11, 19, 20)`, async (t) => {
     const seeds = ONLY_SEED !== undefined ? [ONLY_SEED] : [1000 + vi];
     for (const seed of seeds) {
       const r = prng(seed);
@@ -140,20 +140,12 @@ for (const [vi, v] of VARIANTS.entries()) {
         assert.ok(Buffer.from(got).equals(Buffer.from(want)), `seed ${seed}: content of ${n}`);
       }
       await ro.close();
-      const lm = canLoopMount();
-      if (lm.ok) {
-        const mnt = join(work, `mnt-${v.name}-${seed}`);
-        mkdirSync(mnt);
-        execFileSync('mount', ['-o', 'loop,ro', img, mnt]);
-        try {
-          for (const [n, want] of model) {
-            const got = readFileSync(join(mnt, n));
-            assert.ok(got.equals(Buffer.from(want)), `seed ${seed}: kernel content of ${n}`);
-          }
-        } finally {
-          execFileSync('umount', [mnt]);
+      await withKernelMount(t, img, join(work, `mnt-${v.name}-${seed}`), (mnt) => {
+        for (const [n, want] of model) {
+          const got = readFileSync(join(mnt, n));
+          assert.ok(got.equals(Buffer.from(want)), `seed ${seed}: kernel content of ${n}`);
         }
-      }
+      });
       rmSync(img);
     }
   });

@@ -27,6 +27,7 @@ import { defaultJournalBlocks } from '../../src/fs/mkfs/mkfs.js';
 import { parseSize } from '../../src/cli/mkfs-command.js';
 import { requireCommands, skipBecause } from '../helpers/env.js';
 import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ext4ts-mkfs-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -316,21 +317,16 @@ test('mkfs: the Linux kernel mounts the image, takes a file, and e2fsck stays cl
   for (const opts of [{}, { features: '^metadata_csum' }, { blockSize: 4096 }] as MkfsTargetOptions[]) {
     const img = imgPath('kernel');
     await mkfs(img, { sizeBytes: 64 * MiB, rootOwner: { uid: 1000, gid: 1000 }, ...opts });
-    const mnt = join(dir, `mnt-${counter++}`);
-    mkdirSync(mnt);
-    // Loop mounts work here: the kernel refusing our image is the failure this test looks for.
-    const m = spawnSync('mount', ['-o', 'loop', img, mnt]);
-    assert.equal(m.status, 0, `the kernel refused the image: ${m.stderr.toString().trim()}`);
-    try {
+    // Loop mounts work here: the kernel refusing our image (withKernelMount fails then) is the
+    // failure this test looks for. Read-write, so the kernel takes a file.
+    await withKernelMount(t, img, join(dir, `mnt-${counter++}`), (mnt) => {
       const ls = execFileSync('ls', ['-la', mnt]).toString();
       assert.match(ls, /drwx------ +2 root +root +\d+ .* lost\+found/);
       assert.equal(execFileSync('stat', ['-c', '%a %u %g %h', mnt]).toString().trim(), '755 1000 1000 3');
       writeFileSync(join(mnt, 'hello.txt'), 'hello from the kernel\n');
       mkdirSync(join(mnt, 'sub'));
       writeFileSync(join(mnt, 'sub', 'big.bin'), Buffer.alloc(3 * MiB, 7));
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
+    }, { rw: true });
     assertFsckClean(img);
     const fs = await Ext4.open(img);
     assert.equal(new TextDecoder().decode(await fs.readFile('/hello.txt')), 'hello from the kernel\n');

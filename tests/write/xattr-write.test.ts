@@ -5,10 +5,10 @@
  * loop devices are available) must all equal a model. Seeded random sequences print their seed;
  * replay one with XATTR_SEED=<n>.
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4Super } from '../../src/fs/super.js';
@@ -27,6 +27,8 @@ import {
 } from '../../src/format/xattr.js';
 import { PosixError } from '../../src/util/errors.js';
 import { requireCommands, skipBecause } from '../helpers/env.js';
+import { canLoopMount } from '../helpers/fixtures.js';
+import { withKernelMount } from '../helpers/check-image.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ext4ts-xattrw-'));
 process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
@@ -187,15 +189,13 @@ async function ext4tsView(path: string, files: string[]): Promise<View> {
   }
 }
 
-/** Why the kernel cannot be asked here, or undefined when it can (root and a loop device). */
+/**
+ * Why the kernel cannot be asked here, or undefined when it can (root, loop devices, ext4): then
+ * every kernel mount must work (withKernelMount fails the test otherwise).
+ */
 const kernelSkip: string | undefined = (() => {
-  if (process.getuid?.() !== 0) return 'not root: no loop mount';
-  const p = mkimg('probe.img', ['-b', '1024'], '2M', []);
-  const mnt = join(dir, 'probe.mnt');
-  mkdirSync(mnt);
-  const r = spawnSync('mount', ['-o', 'loop,ro', p, mnt], { encoding: 'utf8' });
-  if (r.status !== 0) return `loop mount failed: ${r.stderr.trim()}`;
-  spawnSync('umount', [mnt]);
+  const loop = canLoopMount();
+  if (!loop.ok) return loop.reason;
   // The kernel's view is read with getfattr: a missing tool fails here, it is no reason to skip.
   requireCommands('attr', 'getfattr');
   return undefined;
@@ -204,21 +204,14 @@ const kernelSkip: string | undefined = (() => {
 if (kernelSkip !== undefined) process.stdout.write(`# xattr-write.test.ts: kernel comparisons skipped: ${kernelSkip}\n`);
 
 let mountCount = 0;
-/** Runs `fn` with the image loop-mounted (read-only unless rw). */
-function withKernelMount<T>(path: string, rw: boolean, fn: (mnt: string) => T): T {
-  const mnt = join(dir, `mnt${mountCount++}`);
-  mkdirSync(mnt);
-  execFileSync('mount', ['-o', rw ? 'loop' : 'loop,ro', path, mnt], { stdio: 'pipe' });
-  try {
-    return fn(mnt);
-  } finally {
-    execFileSync('umount', [mnt], { stdio: 'pipe' });
-  }
+/** A fresh mount point for withKernelMount. */
+function nextMnt(): string {
+  return join(dir, `mnt${mountCount++}`);
 }
 
-/** The kernel's view: getfattr -d -m - -e hex. */
-function kernelView(path: string, files: string[]): View {
-  return withKernelMount(path, false, (mnt) => {
+/** The kernel's view (read-only loop mount): getfattr -d -m - -e hex. */
+function kernelView(t: TestContext, path: string, files: string[]): Promise<View | undefined> {
+  return withKernelMount(t, path, nextMnt(), (mnt) => {
     const view: View = new Map();
     for (const f of files) {
       const out = execFileSync('getfattr', ['-d', '-m', '-', '-e', 'hex', '--absolute-names', join(mnt, f)], { encoding: 'utf8' });
@@ -233,7 +226,7 @@ function kernelView(path: string, files: string[]): View {
 }
 
 /** All oracles agree with the model. `files` are the paths checked (all files of the image). */
-async function assertAllViews(path: string, model: Model, ctx: string): Promise<void> {
+async function assertAllViews(t: TestContext, path: string, model: Model, ctx: string): Promise<void> {
   const files = [...model.keys()];
   assertFsckClean(path);
   const disk = viewOf(model, 'disk');
@@ -241,7 +234,7 @@ async function assertAllViews(path: string, model: Model, ctx: string): Promise<
   assert.deepEqual(await ext4tsView(path, files), disk, `${ctx}: ext4ts read path`);
   if (kernelSkip === undefined) {
     // Names the kernel does not list (none written here) would differ; the kernel view is complete.
-    assert.deepEqual(kernelView(path, files), viewOf(model, 'kernel'), `${ctx}: kernel getfattr`);
+    assert.deepEqual(await kernelView(t, path, files), viewOf(model, 'kernel'), `${ctx}: kernel getfattr`);
   }
 }
 
@@ -316,7 +309,7 @@ function code(e: unknown): string | undefined {
 // Targeted tests.
 // ---------------------------------------------------------------------------------------------
 
-test('setXattr: small values stay in the inode (e_hash 0, no block); larger ones spill to a sorted, hashed block', async () => {
+test('setXattr: small values stay in the inode (e_hash 0, no block); larger ones spill to a sorted, hashed block', async (t) => {
   const path = mkimg('place.img', ['-b', '4096'], '32M', ['f1', 'f2']);
   const rw = await openRw(path);
   const model: Model = new Map([['f1', new Map()], ['f2', new Map()]]);
@@ -353,10 +346,10 @@ test('setXattr: small values stay in the inode (e_hash 0, no block); larger ones
   assert.equal(f1.blocks512(false, 4096), 0);
   await assertInMount(rw, 'f1', model, 'in-mount read after moves');
   await closeRw(rw);
-  await assertAllViews(path, model, 'placement');
+  await assertAllViews(t, path, model, 'placement');
 });
 
-test('setXattr: values up to the largest that fits a block; one byte more is ENOSPC and changes nothing', async () => {
+test('setXattr: values up to the largest that fits a block; one byte more is ENOSPC and changes nothing', async (t) => {
   for (const bs of [1024, 4096]) {
     const path = mkimg(`big${bs}.img`, ['-b', String(bs)], bs === 1024 ? '8M' : '32M', ['f1', 'f2']);
     const rw = await openRw(path);
@@ -386,11 +379,11 @@ test('setXattr: values up to the largest that fits a block; one byte more is ENO
     assert.ok(model.get('f2')!.size > 20, `f2 holds ${model.get('f2')!.size} small xattrs`);
     await assertInMount(rw, 'f2', model, 'many small');
     await closeRw(rw);
-    await assertAllViews(path, model, `big values, ${bs}-byte blocks`);
+    await assertAllViews(t, path, model, `big values, ${bs}-byte blocks`);
   }
 });
 
-test('setXattr/removeXattr: flags and names fail like the kernel (EEXIST, ENODATA, EINVAL, ERANGE, EOPNOTSUPP, EPERM)', async () => {
+test('setXattr/removeXattr: flags and names fail like the kernel (EEXIST, ENODATA, EINVAL, ERANGE, EOPNOTSUPP, EPERM)', async (t) => {
   const path = mkimg('errs.img', ['-b', '1024'], '8M', ['f1'], ['d1']);
   const rw = await openRw(path);
   const f1 = await inodeOf(rw, 'f1');
@@ -435,8 +428,8 @@ test('setXattr/removeXattr: flags and names fail like the kernel (EEXIST, ENODAT
   assert.deepEqual(debugfsView(path, ['f1', 'd1']), viewOf(model, 'disk'));
   assert.deepEqual(await ext4tsView(path, ['f1', 'd1']), viewOf(model, 'disk'));
   if (kernelSkip === undefined) {
-    const k = kernelView(path, ['d1']);
-    assert.deepEqual(k.get('d1'), viewOf(model, 'kernel').get('d1'), 'kernel reads the ACLs back in the xattr format');
+    const k = await kernelView(t, path, ['d1']);
+    assert.deepEqual(k?.get('d1'), viewOf(model, 'kernel').get('d1'), 'kernel reads the ACLs back in the xattr format');
   }
 });
 
@@ -450,9 +443,9 @@ test('setXattr: in-inode area and xattr block are byte-identical to what the ker
       ['user.a0', bytesOf(8, 1)], ['user.a1', bytesOf(40, 2)], ['user.a2', bytesOf(90, 3)], ['user.a3', bytesOf(5, 4)],
       ['user.a4', bytesOf(300, 5)], ['user.a5', bytesOf(0, 6)], ['user.a6', bytesOf(17, 7)], ['user.b00', bytesOf(123, 8)],
     ];
-    withKernelMount(path, true, (mnt) => {
+    await withKernelMount(t, path, nextMnt(), (mnt) => {
       for (const [n, v] of calls) execFileSync('setfattr', ['-n', n, '-v', `0x${hexOf(v)}`, join(mnt, 'fk')]);
-    });
+    }, { rw: true });
     const rw = await openRw(path);
     const ft = await inodeOf(rw, 'ft');
     for (const [n, v] of calls) await setXattr(rw.s, ft, rw.alloc, n, v);
@@ -464,17 +457,17 @@ test('setXattr: in-inode area and xattr block are byte-identical to what the ker
     assert.equal(hexOf(tb), hexOf(kb), `${bs}: xattr blocks (checksum aside)`);
     await closeRw(rw);
     const model: Model = new Map([['fk', new Map(calls)], ['ft', new Map(calls)]]);
-    await assertAllViews(path, model, `kernel-identical, ${bs}`);
+    await assertAllViews(t, path, model, `kernel-identical, ${bs}`);
   }
 });
 
-test('setXattr: a shared block (h_refcount 3, made by the kernel or by ext4ts) is copied on write and released by reference', async () => {
+test('setXattr: a shared block (h_refcount 3, made by the kernel or by ext4ts) is copied on write and released by reference', async (t) => {
   const path = mkimg('share.img', ['-b', '1024', '-I', '128'], '8M', ['s1', 's2', 's3', 's4']);
   const attrs: [string, Uint8Array][] = [['user.one', bytesOf(30, 1)], ['user.two', bytesOf(70, 2)], ['trusted.t', bytesOf(9, 3)]];
   if (kernelSkip === undefined) {
-    withKernelMount(path, true, (mnt) => {
+    await withKernelMount(t, path, nextMnt(), (mnt) => {
       for (const f of ['s1', 's2', 's3']) for (const [n, v] of attrs) execFileSync('setfattr', ['-n', n, '-v', `0x${hexOf(v)}`, join(mnt, f)]);
-    });
+    }, { rw: true });
   } else {
     const rw0 = await openRw(path);
     for (const f of ['s1', 's2', 's3']) for (const [n, v] of attrs) await setXattr(rw0.s, await inodeOf(rw0, f), rw0.alloc, n, v);
@@ -513,10 +506,10 @@ test('setXattr: a shared block (h_refcount 3, made by the kernel or by ext4ts) i
     ['s4', new Map([...attrs, ['user.three', bytesOf(3, 3)]])],
   ]);
   await closeRw(rw);
-  await assertAllViews(path, model, 'shared block');
+  await assertAllViews(t, path, model, 'shared block');
 });
 
-test('setXattr: without metadata_csum, with 128-byte inodes, on an image without ext_attr', async () => {
+test('setXattr: without metadata_csum, with 128-byte inodes, on an image without ext_attr', async (t) => {
   const variants: [string, string[], string][] = [
     ['nocsum', ['-b', '1024', '-O', '^metadata_csum'], '8M'],
     ['nocsum128', ['-b', '4096', '-O', '^metadata_csum,^64bit', '-I', '128'], '32M'],
@@ -536,11 +529,11 @@ test('setXattr: without metadata_csum, with 128-byte inodes, on an image without
       model.get(f)!.delete('user.v3');
     }
     await closeRw(rw);
-    await assertAllViews(path, model, name);
+    await assertAllViews(t, path, model, name);
   }
 });
 
-test('setXattr: an inline-data file keeps its system.data entry and its content', async () => {
+test('setXattr: an inline-data file keeps its system.data entry and its content', async (t) => {
   const path = mkimg('inline.img', ['-b', '1024', '-O', 'inline_data'], '8M', ['s'], [], 100);
   const content = bytesOf(100, 5);
   const rw = await openRw(path);
@@ -565,8 +558,8 @@ test('setXattr: an inline-data file keeps its system.data entry and its content'
   assert.equal(hexOf(await fs.readFile('/s')), hexOf(content), 'ext4ts reads the inline data');
   await fs.close();
   if (kernelSkip === undefined) {
-    assert.deepEqual(kernelView(path, ['s']), viewOf(model, 'kernel'));
-    withKernelMount(path, false, (mnt) => assert.equal(hexOf(readFileSync(join(mnt, 's'))), hexOf(content), 'the kernel reads the inline data'));
+    assert.deepEqual(await kernelView(t, path, ['s']), viewOf(model, 'kernel'));
+    await withKernelMount(t, path, nextMnt(), (mnt) => assert.equal(hexOf(readFileSync(join(mnt, 's'))), hexOf(content), 'the kernel reads the inline data'));
   }
 });
 
@@ -727,7 +720,7 @@ async function mirror(rw: Rw, r: () => number, model: Model, files: string[], f:
   if (srcAcl !== 0 && srcAcl === info.fileAcl) st.shares++;
 }
 
-async function randomRun(run: RandomRun, st: Stats): Promise<void> {
+async function randomRun(t: TestContext, run: RandomRun, st: Stats): Promise<void> {
   const files = [...Array.from({ length: run.files }, (_, i) => `f${i}`), 'd0'];
   const path = mkimg(`rand${run.seed}.img`, run.mkfs, run.size, files.filter((f) => f.startsWith('f')), ['d0'], run.dataBytes);
   const r = prng(run.seed);
@@ -738,7 +731,7 @@ async function randomRun(run: RandomRun, st: Stats): Promise<void> {
     await closeRw(rw);
     assertFsckClean(path);
   }
-  await assertAllViews(path, model, `seed ${run.seed}`);
+  await assertAllViews(t, path, model, `seed ${run.seed}`);
 }
 
 const SEED = process.env['XATTR_SEED'] !== undefined ? Number(process.env['XATTR_SEED']) : undefined;
@@ -754,7 +747,7 @@ test('setXattr/removeXattr: seeded random sequences match the model (e2fsck, deb
   const st: Stats = { sets: 0, removes: 0, expectedErrors: 0, enospc: 0, mirrors: 0, shares: 0, cows: 0, acls: 0 };
   for (const run of runs) {
     try {
-      await randomRun(run, st);
+      await randomRun(t, run, st);
     } catch (e) {
       throw new Error(`random xattr run failed; replay with XATTR_SEED=${run.seed} (mkfs ${run.mkfs.join(' ')})`, { cause: e });
     }
