@@ -3,7 +3,7 @@
  */
 export {
   Ext4, FileHandle, type OpenOptions, type FsInfo, type InodeLayout, type OpenFlags, type FileOpenOptions,
-  type AioContext, type AioContextOptions, type AioRequest, type Iocb, type IoEvent,
+  type AioContext, type AioContextOptions, type AioRequest, type Iocb, type IoEvent, type WriteFileOptions,
 } from './api/ext4.js';
 export { Stats, Dirent, type Timespec, type FileType } from './api/stats.js';
 export { Corrupt, BadCrc, Incompatible, IoError, PosixError, Ext4Error, isExt4Error } from './util/errors.js';

@@ -17,8 +17,13 @@ import { assert } from '../util/assert.js';
 
 export class Mutex {
   private held = false;
-  /** Callers waiting, in arrival order; each one starts its section when called. */
-  private readonly waiters: (() => void)[] = [];
+  /**
+   * Callers waiting, in arrival order from `head` on; each one starts its section when called.
+   * A head index, not shift(): shift moves every later element, and thousands of io_end
+   * conversions can wait on one lock (measured: 9 % of a writeback of 20,000 small files).
+   */
+  private waiters: ((() => void) | undefined)[] = [];
+  private head = 0;
 
   /**
    * @param name for assertion messages
@@ -60,9 +65,23 @@ export class Mutex {
 
   private release(): void {
     assert(this.held, () => `${this.name}: released while free`);
-    const next = this.waiters.shift();
+    if (this.head === this.waiters.length) {
+      this.held = false;
+      if (this.head > 0) {
+        this.waiters = [];
+        this.head = 0;
+      }
+      return;
+    }
+    // OK to index: head < length.
+    const next = this.waiters[this.head]!;
+    this.waiters[this.head++] = undefined;
+    // Drop the consumed front once it is most of the array (amortised O(1) per waiter).
+    if (this.head >= 1024 && this.head * 2 >= this.waiters.length) {
+      this.waiters = this.waiters.slice(this.head);
+      this.head = 0;
+    }
     // Handed over: the lock stays held.
-    if (next !== undefined) next();
-    else this.held = false;
+    next();
   }
 }

@@ -157,6 +157,44 @@ for (const blockSize of [1024, 4096]) {
   });
 }
 
+test('writeFile: a new file is made, written, owned and stamped in one operation; wx refuses an existing name; w replaces; e2fsck, ext4ts and the kernel agree', async (t) => {
+  const img = join(work, 'writefile.img');
+  await Ext4.mkfs(img, { sizeBytes: 16 << 20, blockSize: 4096 });
+  const fs = await Ext4.open(img, { readOnly: false, pageSizeBytes: 16384, dirtyLimitBytes: 1 << 16 });
+  const model = new Map<string, Uint8Array>();
+  const rnd = prng(42);
+  await fs.mkdir('/d');
+  const atime = { sec: -86_400, nsec: 5 };
+  const mtime = { sec: 4_102_444_800, nsec: 999_999_999 };
+  // Sizes around block and page edges, and empty; enough files to pass the tiny dirty limit.
+  const sizes = [0, 1, 4095, 4096, 4097, 16383, 16384, 16385, 50_000];
+  for (let i = 0; i < 60; i++) {
+    const bytes = Uint8Array.from({ length: sizes[i % sizes.length]! }, () => rnd(256));
+    await fs.writeFile(`/d/f${i}`, bytes, { flag: 'wx', mode: 0o640, uid: 1000 + i, gid: 2000 + i, atime, mtime });
+    model.set(`d/f${i}`, bytes);
+  }
+  for (let i = 0; i < 60; i++) {
+    const st = await fs.stat(`/d/f${i}`);
+    assert.deepEqual([st.mode & 0o7777, st.uid, st.gid, st.size], [0o640, 1000 + i, 2000 + i, model.get(`d/f${i}`)!.length], `/d/f${i}`);
+    assert.deepEqual([st.atimeSpec, st.mtimeSpec], [atime, mtime], `/d/f${i}: times after the write`);
+  }
+  // wx: EEXIST and nothing changes.
+  await assert.rejects(fs.writeFile('/d/f3', 'x', { flag: 'wx' }), (e: unknown) => e instanceof PosixError && e.code === 'EEXIST');
+  assert.equal((await fs.stat('/d/f3')).size, model.get('d/f3')!.length);
+  // w on an existing file: truncated and rewritten, owner kept (open does not chown), times set.
+  await fs.writeFile('/d/f8', 'short', { uid: 7, mtime: 1000 });
+  model.set('d/f8', new TextEncoder().encode('short'));
+  const st8 = await fs.stat('/d/f8');
+  assert.deepEqual([st8.size, st8.uid, st8.mtimeSpec], [5, 1008, { sec: 1000, nsec: 0 }]);
+  await assert.rejects(fs.writeFile('/d', 'x'), (e: unknown) => e instanceof PosixError && e.code === 'EISDIR');
+  await assert.rejects(fs.writeFile('/none/f', 'x'), (e: unknown) => e instanceof PosixError && e.code === 'ENOENT');
+  await assert.rejects(fs.writeFile('/d/g', 'x', { flag: 'a' as 'w' }), (e: unknown) => e instanceof PosixError && e.code === 'EINVAL');
+  await fs.close();
+  e2fsckClean(img);
+  await ext4tsCompare(img, model, 'writeFile');
+  await kernelCompare(t, img, model, 'writeFile');
+});
+
 test('unlink of an open file with dirty cached data: the handle keeps working, the blocks go at close, e2fsck clean', async () => {
   const img = join(work, 'unlink.img');
   await Ext4.mkfs(img, { sizeBytes: 16 << 20, blockSize: 4096 });

@@ -106,3 +106,30 @@ test('Mutex: the release hook runs inside the section and is awaited before the 
   }), /sync throw/);
   assert.equal(m.locked, false);
 });
+
+test('Mutex: thousands of waiters, some queued while the queue drains, run in arrival order; the lock is free after', async () => {
+  const m = new Mutex('test');
+  const order: number[] = [];
+  const g = gate();
+  const runs: Promise<void>[] = [m.run(() => g.wait)];
+  // Past the queue's compaction threshold (1,024 consumed waiters) more than once.
+  for (let i = 0; i < 5000; i++) {
+    runs.push(m.run(() => {
+      order.push(i);
+      // Late arrivals join the queue's end while its front is being consumed.
+      if (i % 1000 === 999) runs.push(m.run(() => void order.push(10_000 + i)));
+    }));
+  }
+  g.open();
+  // Late runs are pushed while earlier ones settle: wait until no new one appears.
+  for (let n = 0; n !== runs.length; ) {
+    n = runs.length;
+    await Promise.all(runs);
+  }
+  const late = [999, 1999, 2999, 3999, 4999].map((i) => 10_000 + i);
+  assert.deepEqual(order, [...Array.from({ length: 5000 }, (_, i) => i), ...late]);
+  assert.equal(m.locked, false);
+  // And the lock still works from empty.
+  assert.equal(await m.run(() => 7), 7);
+  assert.equal(m.locked, false);
+});
