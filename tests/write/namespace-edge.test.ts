@@ -8,7 +8,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, copyFileSync, readFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, copyFileSync, readFileSync, readdirSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Ext4, PosixError } from '../../src/index.js';
@@ -249,7 +249,7 @@ test('memoised parent lookups: creating in a directory after it was renamed, rem
   }
 });
 
-test('dentry cache: past DCACHE_MAX names the least recently used directories are forgotten; every name still resolves (from disk) and duplicates are still refused', async () => {
+test('dentry cache: past DCACHE_MAX names the least recently used directories are forgotten; every name still resolves (from disk) and duplicates are still refused; the kernel sees every name once', async (t) => {
   const img = join(work, 'dcache.img');
   execFileSync('mkfs.ext4', ['-q', '-F', '-N', '80000', img, '160M'], { stdio: 'pipe' });
   const fs = await Ext4.open(img, { readOnly: false });
@@ -281,4 +281,14 @@ test('dentry cache: past DCACHE_MAX names the least recently used directories ar
   assert.equal((await fs.readdir('/d0')).length, 101);
   await fs.close();
   assertClean(img);
+  // The kernel lists exactly the names made, each once (a name lost or doubled by a cache miss
+  // would show here even where e2fsck's checks pass).
+  const names = (n: number, prefix: string): string[] => Array.from({ length: n }, (_, i) => `${prefix}${i}`).sort();
+  await withKernelMount(t, img, join(work, 'mnt-dcache'), (mnt) => {
+    assert.deepEqual(readdirSync(mnt).sort(), ['hot', 'lost+found', ...names(dirs, 'd')].sort());
+    assert.deepEqual(readdirSync(join(mnt, 'hot')).sort(), names(dirs, 'h'));
+    assert.deepEqual(readdirSync(join(mnt, 'd0')).sort(), names(101, 'f'));
+    for (let d = 1; d < dirs; d++) assert.deepEqual(readdirSync(join(mnt, `d${d}`)).sort(), names(100, 'f'), `/d${d}`);
+    assert.equal(statSync(join(mnt, 'd0/f100')).mode & 0o7777, 0o600);
+  });
 });
