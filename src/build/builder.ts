@@ -558,6 +558,7 @@ class Builder {
         flag: 'wx', mode: e.perm, uid: e.uid, gid: e.gid,
         ...(times !== undefined ? { atime: e.atime ?? times, mtime: e.mtime ?? times } : {}),
       });
+      first.value.release?.();
       for (const x of e.xattrs) await fs.setxattr(e.path, x.name, x.value);
       this.bytesWritten += e.sizeBytes;
       this.progress.bytesDone += e.sizeBytes;
@@ -580,6 +581,8 @@ class Builder {
           bytes.set(c.bytes);
         }
         await fh.write(bytes, 0, bytes.length, c.pos);
+        // Copied into the page cache, or on the device (direct I/O): the read buffer is free.
+        c.release?.();
         end = c.pos + c.bytes.length;
         this.bytesWritten += c.bytes.length;
         // Progress counts the bytes gone through, holes skipped in a sparse source included.

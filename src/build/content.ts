@@ -106,26 +106,80 @@ export function contentLength(e: BuildEntry): number {
   return e.sizeBytes;
 }
 
+/**
+ * Read buffers of LARGE_CHUNK_BYTES, handed back once written and reused. A fresh 8 MiB buffer
+ * per chunk is fresh memory from the kernel every time: its page faults (on the read that fills
+ * it) and its unmapping by the garbage collector doubled the system time of a build of large
+ * files. Bounded by the read-ahead: at most as many as are in flight at once are kept.
+ */
+export class ChunkPool {
+  private readonly free: Uint8Array[] = [];
+  /** Buffers this pool made: only those come back (anything else is not ours to reuse). */
+  private readonly ours = new WeakSet<Uint8Array>();
+  constructor(private readonly keep = 16) {}
+
+  /** A buffer of `len` bytes whose contents are garbage (the reader overwrites every byte). */
+  take(len: number): { buf: Uint8Array; release?: () => void } {
+    if (len !== LARGE_CHUNK_BYTES) return { buf: new Uint8Array(len) };
+    let buf = this.free.pop();
+    if (buf === undefined) {
+      buf = new Uint8Array(len);
+      this.ours.add(buf);
+    }
+    const b = buf;
+    let released = false;
+    return {
+      buf: b,
+      release: () => {
+        assert(!released, 'ChunkPool: a buffer released twice');
+        released = true;
+        if (this.free.length < this.keep) this.free.push(b);
+      },
+    };
+  }
+
+  /** Buffers waiting for reuse. */
+  get size(): number {
+    return this.free.length;
+  }
+
+  /** True for a buffer this pool made. */
+  owns(b: Uint8Array): boolean {
+    return this.ours.has(b);
+  }
+}
+
+/** A chunk read by HostReader: its bytes, and how to give a pooled buffer back. */
+interface ReadChunk {
+  bytes: Uint8Array;
+  release?: () => void;
+}
+
 /** An open host file being read chunk by chunk (a source file, or a plain tar). */
 class HostReader {
   /** The open file; one promise, so that overlapping reads share one descriptor. */
   private fh: Promise<HostFileHandle> | undefined;
-  constructor(private readonly e: BuildEntry, private readonly hostPath: string, private readonly offset: number) {}
+  constructor(private readonly e: BuildEntry, private readonly hostPath: string, private readonly offset: number, private readonly pool: ChunkPool) {}
 
   /** Reads file bytes [pos, pos + len) of the entry. */
-  async read(pos: number, len: number): Promise<Uint8Array> {
+  async read(pos: number, len: number): Promise<ReadChunk> {
     this.fh ??= open(hostFsPath(this.hostPath), 'r').catch((err: unknown) => {
       throw badEntry(this.e.origin, `cannot read the source: ${(err as Error).message}`);
     });
     const fh = await this.fh;
-    const buf = new Uint8Array(len);
-    let got = 0;
-    while (got < len) {
-      const { bytesRead } = await fh.read(buf, got, len - got, this.offset + pos + got);
-      if (bytesRead === 0) throw badEntry(this.e.origin, `the source ended at ${pos + got} of ${this.e.sizeBytes} bytes (changed during the build?)`);
-      got += bytesRead;
+    const { buf, release } = this.pool.take(len);
+    try {
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await fh.read(buf, got, len - got, this.offset + pos + got);
+        if (bytesRead === 0) throw badEntry(this.e.origin, `the source ended at ${pos + got} of ${this.e.sizeBytes} bytes (changed during the build?)`);
+        got += bytesRead;
+      }
+    } catch (err) {
+      release?.();
+      throw err;
     }
-    return buf;
+    return release !== undefined ? { bytes: buf, release } : { bytes: buf };
   }
 
   /** Closes the file (after the reads in flight, which the caller awaited or abandoned). */
@@ -140,7 +194,7 @@ class HostReader {
 interface Pending {
   entry: BuildEntry;
   reader: HostReader | undefined;
-  first: Promise<Uint8Array> | undefined;
+  first: Promise<ReadChunk> | undefined;
   /** Bytes fetched ahead for this file (counted against ReadAheadOptions.maxBytes). */
   aheadBytes: number;
 }
@@ -184,6 +238,7 @@ export class ContentFetcher {
   private ahead = 0;
   private readonly archives = new ArchiveFds();
   private readonly small: SmallFileReader | undefined;
+  private readonly pool = new ChunkPool();
 
   /** `smallFiles`: how many small host files will be pushed (a worker is started for many). */
   constructor(private readonly opts: ReadAheadOptions, smallFiles: number) {
@@ -217,7 +272,7 @@ export class ContentFetcher {
   private fill(): void {
     while (this.queuedAt < this.queued.length && this.window.length < this.depth && (this.ahead < this.maxBytes || this.window.length === 0)) {
       // OK to index: queuedAt < queued.length.
-      const p = start(this.queued[this.queuedAt++]!);
+      const p = start(this.queued[this.queuedAt++]!, this.pool);
       this.ahead += p.aheadBytes;
       this.window.push(p);
     }
@@ -283,12 +338,12 @@ function readSmallSync(e: BuildEntry, archives: ArchiveFds): Uint8Array {
 }
 
 /** Starts fetching the first chunk of a big host-backed file; small and memory content need nothing yet. */
-function start(entry: BuildEntry): Pending {
+function start(entry: BuildEntry, pool: ChunkPool): Pending {
   const c = entry.content;
   if (c === undefined || c.kind === 'bytes' || c.kind === 'pieces') return { entry, reader: undefined, first: undefined, aheadBytes: 0 };
   if (entry.sizeBytes <= SYNC_READ_BYTES) return { entry, reader: undefined, first: undefined, aheadBytes: 0 };
   assert(c.kind !== 'stream', () => `${entry.path}: readAhead of streamed content`);
-  const reader = new HostReader(entry, c.hostPath, c.kind === 'archive' ? c.offset : 0);
+  const reader = new HostReader(entry, c.hostPath, c.kind === 'archive' ? c.offset : 0, pool);
   const len = Math.min(entry.sizeBytes, chunkBytesOf(entry));
   const first = reader.read(0, len);
   // Fetched ahead: a failure is reported when the file's turn comes, not as an unhandled rejection.
@@ -330,7 +385,7 @@ async function* chunksOf(p: Pending, blockSize: number, archives: ArchiveFds, sm
   const sparse = c?.kind === 'host' && c.sparse;
   let sectorsLeft = Math.ceil(e.allocBytes / SECTOR);
   // The read in flight: settled before the file is closed, however the loop ends.
-  let inflight: Promise<Uint8Array> = p.first;
+  let inflight: Promise<ReadChunk> = p.first;
   const chunk = chunkBytesOf(e);
   try {
     for (let pos = 0; pos < e.sizeBytes; ) {
@@ -340,8 +395,9 @@ async function* chunksOf(p: Pending, blockSize: number, archives: ArchiveFds, sm
         inflight = reader.read(nextPos, Math.min(chunk, e.sizeBytes - nextPos));
         inflight.catch(() => undefined);
       }
-      const bytes = await cur;
-      if (!sparse) yield { pos, bytes };
+      const { bytes, release } = await cur;
+      // A pooled buffer goes back once the caller wrote it (large files are never sparse).
+      if (!sparse) yield release !== undefined ? { pos, bytes, release } : { pos, bytes };
       else {
         const s = scanSparse(pos, bytes, blockSize);
         yield* s.runs;

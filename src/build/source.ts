@@ -77,6 +77,8 @@ export interface BuildEntry {
 export interface Chunk {
   pos: number;
   bytes: Uint8Array;
+  /** Hands `bytes` back for reuse once written (a pooled read buffer); the chunk is dead after. */
+  release?: () => void;
 }
 
 /** What every source kind produces. */

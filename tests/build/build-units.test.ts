@@ -9,7 +9,7 @@ import {
   normalizePath, comparePaths, parseDecimalTime, finishEntries, impliedDir, decodeBase64, type BuildEntry,
 } from '../../src/build/source.js';
 import { parsePaxRecords } from '../../src/build/tar-source.js';
-import { scanSparse } from '../../src/build/content.js';
+import { scanSparse, ChunkPool, LARGE_CHUNK_BYTES } from '../../src/build/content.js';
 import { contentNeed, planSize } from '../../src/build/plan.js';
 import { timespecOfNs, splitRdev } from '../../src/build/dir-source.js';
 import { hasXattrHandler } from '../../src/api/ext4.js';
@@ -139,4 +139,24 @@ test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty 
   assert.deepEqual(back.get('/d/we=ird\nname\\\r')!.map((x) => [x.name, [...x.value]]), [['user.a=b\\c', [0, 10, 13, 92]], ['user.e', []]]);
   assert.equal(hasXattrHandler('system.posix_acl_default'), true);
   assert.equal(hasXattrHandler('system.nfs4_acl'), false);
+});
+
+test('ChunkPool: large read buffers are reused once released, never twice, only its own, at most `keep` kept; other sizes are fresh', () => {
+  const pool = new ChunkPool(2);
+  const a = pool.take(LARGE_CHUNK_BYTES);
+  const b = pool.take(LARGE_CHUNK_BYTES);
+  assert.notEqual(a.buf, b.buf, 'two buffers in use are distinct');
+  assert.ok(pool.owns(a.buf) && pool.owns(b.buf));
+  const small = pool.take(LARGE_CHUNK_BYTES - 1);
+  assert.equal(small.release, undefined, 'a short last chunk is not pooled');
+  assert.equal(pool.owns(small.buf), false);
+  a.release!();
+  assert.throws(() => a.release!(), /released twice/);
+  const c = pool.take(LARGE_CHUNK_BYTES);
+  assert.equal(c.buf, a.buf, 'a released buffer is handed out again');
+  const d = pool.take(LARGE_CHUNK_BYTES);
+  b.release!();
+  c.release!();
+  d.release!();
+  assert.equal(pool.size, 2, 'no more than `keep` wait for reuse');
 });
