@@ -194,11 +194,17 @@ function workerMain(input: WorkerInput): void {
   const archives = new Map<string, number>();
   let batch: Batch = { first: 0, results: [] };
   let batchBytes = 0;
+  // The batch's files are read into one slab, sized for the jobs the batch will hold: one
+  // buffer to allocate, transfer and collect per batch instead of one per file.
+  let slab: Uint8Array | undefined;
+  let slabAt = 0;
   const post = (): void => {
-    const transfer = batch.results.flatMap((r) => (r instanceof Uint8Array ? [r.buffer as ArrayBuffer] : []));
-    parentPort?.postMessage(batch, transfer);
+    const transfer = new Set<ArrayBuffer>();
+    for (const r of batch.results) if (r instanceof Uint8Array) transfer.add(r.buffer as ArrayBuffer);
+    parentPort?.postMessage(batch, [...transfer]);
     batch = { first: batch.first + batch.results.length, results: [] };
     batchBytes = 0;
+    slab = undefined;
   };
   parentPort?.on('message', (m: JobBatch) => {
     if (m.end === true) {
@@ -206,7 +212,10 @@ function workerMain(input: WorkerInput): void {
       parentPort?.close();
       return;
     }
-    for (const job of unpackJobs(m)) {
+    const jobs = unpackJobs(m);
+    for (let i = 0; i < jobs.length; i++) {
+      // OK to index: i < jobs.length.
+      const job = jobs[i]!;
       if (Atomics.load(pending, 1) !== 0) return;
       // Flow control: `pending` counts every byte read and not yet taken, this batch's
       // included. Over the limit, post what we have and sleep until half of it is free (take()
@@ -217,7 +226,16 @@ function workerMain(input: WorkerInput): void {
           Atomics.wait(pending, 0, cur, 1000);
         }
       }
-      const r = readJob(job, archives);
+      if (slab === undefined) {
+        // What post() will have taken when it runs: up to BATCH_BYTES or BATCH_FILES.
+        let bytes = 0;
+        for (let j = i; j < jobs.length && j - i < BATCH_FILES - batch.results.length && batchBytes + bytes < BATCH_BYTES; j++) bytes += jobs[j]!.size;
+        slab = new Uint8Array(bytes);
+        slabAt = 0;
+      }
+      const into = slabAt + job.size <= slab.length ? slab.subarray(slabAt, slabAt + job.size) : new Uint8Array(job.size);
+      if (into.buffer === slab.buffer) slabAt += job.size;
+      const r = readJob(job, archives, into);
       batch.results.push(r);
       batchBytes += job.size;
       Atomics.add(pending, 0, job.size);
@@ -228,8 +246,8 @@ function workerMain(input: WorkerInput): void {
   });
 }
 
-function readJob(job: ReadJob, archives: Map<string, number>): ReadResult {
-  const buf = new Uint8Array(job.size);
+/** Reads `job` into `buf` (job.size bytes). */
+function readJob(job: ReadJob, archives: Map<string, number>, buf: Uint8Array): ReadResult {
   let fd: number;
   try {
     fd = archives.get(job.path) ?? openSync(hostFsPath(job.path), 'r');
