@@ -18,6 +18,7 @@ import { syncBuiltinESMExports } from 'node:module';
 import { build, Ext4, extract } from '../../src/index.js';
 import { decodeName } from '../../src/util/bytes.js';
 import { withKernelMount } from '../helpers/check-image.js';
+import { BAD_DIR, BAD_FILE, BAD_LINK, bytePath } from '../helpers/byte-names.js';
 import {
   makeSpec, writeManifest, assertFsckClean, writeTar, writeHostTree, gzip, expectFromSpec, expectFromHost, verifyImage, writeHostFile, CAP_NET_RAW, aclXattr,
   type SpecEntry, type Expect,
@@ -231,18 +232,13 @@ test('build from a GNU tar made with --xattrs: binary xattr values survive (tar-
 
 test('build from a host directory with names that are not UTF-8: the image holds their exact bytes (kernel), the API reopens what readdir gives, ext4ts get writes them back', async (t) => {
   const root = join(work, 'bytes-tree');
-  /** A host path as bytes: `base` and the components joined with '/'. */
-  const at = (base: string, ...parts: Buffer[]): Buffer => Buffer.concat([Buffer.from(base), ...parts.flatMap((p) => [Buffer.from('/'), p])]);
-  const dirName = Buffer.from([0x64, 0xff]); // "d\xff"
-  const fileName = Buffer.from([0x66, 0xe9]); // "f\xe9" (latin-1)
-  const linkName = Buffer.from([0x6c, 0xc3, 0x28]); // "l" and a broken two-byte sequence
   const content = Buffer.from('bytes, not text\n');
   mkdirSync(root);
-  mkdirSync(at(root, dirName));
-  writeFileSync(at(root, dirName, fileName), content);
-  symlinkSync('target', at(root, linkName));
+  mkdirSync(bytePath(root, BAD_DIR));
+  writeFileSync(bytePath(root, BAD_DIR, BAD_FILE), content);
+  symlinkSync('target', bytePath(root, BAD_LINK));
   // setfattr takes paths as text arguments; its --restore input carries the bytes.
-  const dump = Buffer.concat([Buffer.from('# file: '), at(root, dirName, fileName), Buffer.from('\nuser.k=0x7631\n\n')]);
+  const dump = Buffer.concat([Buffer.from('# file: '), bytePath(root, BAD_DIR, BAD_FILE), Buffer.from('\nuser.k=0x7631\n\n')]);
   const xattr = haveCommands('setfattr', 'getfattr') && spawnSync('setfattr', ['--restore=-'], { input: dump }).status === 0;
   if (!xattr) t.diagnostic('no user xattr on the non-UTF-8 name: setfattr is missing or the host filesystem takes none');
   const img = join(work, 'bytes.img');
@@ -251,27 +247,27 @@ test('build from a host directory with names that are not UTF-8: the image holds
   assertFsckClean(img);
   await withKernelMount(t, img, join(work, 'mnt-bytes'), (mnt) => {
     const names = readdirSync(mnt, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort();
-    assert.deepEqual(names, [dirName, linkName, Buffer.from('lost+found')].map((b) => b.toString('hex')).sort());
-    assert.deepEqual(readFileSync(at(mnt, dirName, fileName)), content);
-    assert.equal(readlinkSync(at(mnt, linkName)), 'target');
+    assert.deepEqual(names, [BAD_DIR, BAD_LINK, Buffer.from('lost+found')].map((b) => b.toString('hex')).sort());
+    assert.deepEqual(readFileSync(bytePath(mnt, BAD_DIR, BAD_FILE)), content);
+    assert.equal(readlinkSync(bytePath(mnt, BAD_LINK)), 'target');
   });
   const fs = await Ext4.open(img);
   try {
     const top = await fs.readdir('/');
-    assert.ok(top.includes(decodeName(dirName)) && top.includes(decodeName(linkName)), JSON.stringify(top));
-    const file = `/${decodeName(dirName)}/${decodeName(fileName)}`;
+    assert.ok(top.includes(decodeName(BAD_DIR)) && top.includes(decodeName(BAD_LINK)), JSON.stringify(top));
+    const file = `/${decodeName(BAD_DIR)}/${decodeName(BAD_FILE)}`;
     assert.deepEqual(Buffer.from(await fs.readFile(file)), content);
     if (xattr) assert.deepEqual(Buffer.from(await fs.getxattr(file, 'user.k')), Buffer.from('v1'));
     const dest = join(work, 'bytes-out');
     const got = await extract(fs, '/', dest);
     assert.deepEqual(got.skipped, []);
-    assert.deepEqual(readFileSync(at(dest, dirName, fileName)), content);
+    assert.deepEqual(readFileSync(bytePath(dest, BAD_DIR, BAD_FILE)), content);
     if (xattr) {
       // Restored on the file of that name (the dump names it by its bytes).
       const dumped = spawnSync('getfattr', ['-R', '-d', '-e', 'hex', '-m', 'user.', dest]).stdout;
-      assert.ok(dumped.includes(Buffer.concat([Buffer.from('# file: '), at(dest.slice(1), dirName, fileName), Buffer.from('\nuser.k=0x7631\n')])), dumped.toString('latin1'));
+      assert.ok(dumped.includes(Buffer.concat([Buffer.from('# file: '), bytePath(dest.slice(1), BAD_DIR, BAD_FILE), Buffer.from('\nuser.k=0x7631\n')])), dumped.toString('latin1'));
     }
-    assert.equal(readlinkSync(at(dest, linkName)), 'target');
+    assert.equal(readlinkSync(bytePath(dest, BAD_LINK)), 'target');
   } finally {
     await fs.close();
   }

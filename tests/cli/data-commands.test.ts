@@ -17,6 +17,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { withKernelMount } from '../helpers/check-image.js';
+import { BAD_DIR, BAD_FILE, BAD_LINK, bytePath } from '../helpers/byte-names.js';
 
 const CLI = resolve(import.meta.dirname, '../../src/cli/main.js');
 const work = mkdtempSync(join(tmpdir(), 'ext4ts-data-'));
@@ -240,16 +241,11 @@ test('ext4ts put: into an existing directory, over an existing file (replaced), 
 
 test('ext4ts put: host names that are not UTF-8 keep their bytes (kernel, ext4ts get); the image is e2fsck-clean', async (t) => {
   const host = join(work, 'bytes-src');
-  /** A host path as bytes: `base` and the components joined with '/'. */
-  const at = (base: string, ...parts: Buffer[]): Buffer => Buffer.concat([Buffer.from(base), ...parts.flatMap((p) => [Buffer.from('/'), p])]);
-  const dirName = Buffer.from([0x64, 0xff]); // "d\xff"
-  const fileName = Buffer.from([0x66, 0xe9]); // "f\xe9" (latin-1)
-  const linkName = Buffer.from([0x6c, 0xc3, 0x28]); // "l" and a broken two-byte sequence
   const content = bytes(70_000, 11);
   mkdirSync(host);
-  mkdirSync(at(host, dirName));
-  writeFileSync(at(host, dirName, fileName), content);
-  symlinkSync(at('', dirName, fileName).subarray(1), at(host, linkName)); // "d\xff/f\xe9"
+  mkdirSync(bytePath(host, BAD_DIR));
+  writeFileSync(bytePath(host, BAD_DIR, BAD_FILE), content);
+  symlinkSync(bytePath('', BAD_DIR, BAD_FILE).subarray(1), bytePath(host, BAD_LINK)); // "d\xff/f\xe9"
   const img = mkimg('put-bytes.img', 4096, '16M');
   const sum = JSON.parse(ok('put', '--json', img, host, '/')) as Record<string, unknown>;
   assert.deepEqual([sum.files, sum.dirs, sum.symlinks, sum.bytes], [1, 2, 1, content.length]);
@@ -257,14 +253,14 @@ test('ext4ts put: host names that are not UTF-8 keep their bytes (kernel, ext4ts
   // ext4ts get writes the names back byte for byte.
   const got = join(work, 'bytes-got');
   ok('get', '-q', img, '/bytes-src', got);
-  assert.deepEqual(readdirSync(got, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [dirName, linkName].map((b) => b.toString('hex')).sort());
-  assert.deepEqual(readFileSync(at(got, dirName, fileName)), content);
-  assert.deepEqual(readlinkSync(at(got, linkName), { encoding: 'buffer' }), readlinkSync(at(host, linkName), { encoding: 'buffer' }));
+  assert.deepEqual(readdirSync(got, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [BAD_DIR, BAD_LINK].map((b) => b.toString('hex')).sort());
+  assert.deepEqual(readFileSync(bytePath(got, BAD_DIR, BAD_FILE)), content);
+  assert.deepEqual(readlinkSync(bytePath(got, BAD_LINK), { encoding: 'buffer' }), readlinkSync(bytePath(host, BAD_LINK), { encoding: 'buffer' }));
   await withKernelMount(t, img, join(work, 'mnt-put-bytes'), (mnt) => {
     const top = join(mnt, 'bytes-src');
-    assert.deepEqual(readdirSync(top, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [dirName, linkName].map((b) => b.toString('hex')).sort());
-    assert.deepEqual(readFileSync(at(top, dirName, fileName)), content);
-    assert.deepEqual(readFileSync(at(top, linkName)), content, 'the symlink resolves through the byte names');
+    assert.deepEqual(readdirSync(top, { encoding: 'buffer' }).map((b) => b.toString('hex')).sort(), [BAD_DIR, BAD_LINK].map((b) => b.toString('hex')).sort());
+    assert.deepEqual(readFileSync(bytePath(top, BAD_DIR, BAD_FILE)), content);
+    assert.deepEqual(readFileSync(bytePath(top, BAD_LINK)), content, 'the symlink resolves through the byte names');
   }, KERNEL_MOUNT);
 });
 

@@ -28,11 +28,13 @@ export function requireCommands(pkg: string, ...cmds: string[]): void {
 
 /**
  * Skips a test this machine cannot run (not root, no loop device, a host filesystem that takes
- * no user xattrs or no sparse file that large, another mke2fs version), printing why on the
- * test output as well as in the skip directive, so no skip goes unexplained.
+ * no user xattrs or no sparse file that large, another mke2fs version), and says why three
+ * times: on stderr (which the runner passes through as is, so CI's log shows it whatever the
+ * reporter), in the test's diagnostics and in the skip directive. No skip goes unexplained; none
+ * happens on a machine with root and loop devices.
  */
 export function skipBecause(t: TestContext, reason: string): void {
-  process.stdout.write(`# skipped "${t.name}": ${reason}\n`);
+  process.stderr.write(`ext4ts test skipped: "${t.name}": ${reason}\n`);
   t.diagnostic(`skipped: ${reason}`);
   t.skip(reason);
 }
