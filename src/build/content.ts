@@ -114,19 +114,15 @@ export function contentLength(e: BuildEntry): number {
  */
 export class ChunkPool {
   private readonly free: Uint8Array[] = [];
-  /** Buffers this pool made: only those come back (anything else is not ours to reuse). */
-  private readonly ours = new WeakSet<Uint8Array>();
   constructor(private readonly keep = 16) {}
 
-  /** A buffer of `len` bytes whose contents are garbage (the reader overwrites every byte). */
+  /**
+   * A buffer of `len` bytes whose contents are garbage (the reader overwrites every byte). Only
+   * the buffer taken comes back, through its own release: nothing else can enter the pool.
+   */
   take(len: number): { buf: Uint8Array; release?: () => void } {
     if (len !== LARGE_CHUNK_BYTES) return { buf: new Uint8Array(len) };
-    let buf = this.free.pop();
-    if (buf === undefined) {
-      buf = new Uint8Array(len);
-      this.ours.add(buf);
-    }
-    const b = buf;
+    const b = this.free.pop() ?? new Uint8Array(len);
     let released = false;
     return {
       buf: b,
@@ -141,11 +137,6 @@ export class ChunkPool {
   /** Buffers waiting for reuse. */
   get size(): number {
     return this.free.length;
-  }
-
-  /** True for a buffer this pool made. */
-  owns(b: Uint8Array): boolean {
-    return this.ours.has(b);
   }
 }
 

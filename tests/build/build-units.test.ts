@@ -141,15 +141,13 @@ test('parseGetfattrDump: escaped paths and names, base64, hex, quoted and empty 
   assert.equal(hasXattrHandler('system.nfs4_acl'), false);
 });
 
-test('ChunkPool: large read buffers are reused once released, never twice, only its own, at most `keep` kept; other sizes are fresh', () => {
+test('ChunkPool: large read buffers are reused once released, never twice, at most `keep` kept; other sizes are fresh and not pooled', () => {
   const pool = new ChunkPool(2);
   const a = pool.take(LARGE_CHUNK_BYTES);
   const b = pool.take(LARGE_CHUNK_BYTES);
   assert.notEqual(a.buf, b.buf, 'two buffers in use are distinct');
-  assert.ok(pool.owns(a.buf) && pool.owns(b.buf));
   const small = pool.take(LARGE_CHUNK_BYTES - 1);
   assert.equal(small.release, undefined, 'a short last chunk is not pooled');
-  assert.equal(pool.owns(small.buf), false);
   a.release!();
   assert.throws(() => a.release!(), /released twice/);
   const c = pool.take(LARGE_CHUNK_BYTES);
