@@ -217,15 +217,15 @@ export class FileData {
   }
 
   /**
-   * The page at `idx` of `d`, created when absent (counted in nrPages). `overwrite`: the caller
-   * writes the whole page, so a new one need not be zeroed (a page that is not uptodate is
-   * never read before fillPages has read or zeroed every buffer of it).
+   * The page at `idx` of `d`, created when absent (counted in nrPages). A new page's memory is
+   * not cleared: a page that is not uptodate is never read before fillPages has read or zeroed
+   * every buffer of it that the caller does not overwrite.
    */
-  private getPage(d: InodeData, idx: number, overwrite = false): Page {
+  private getPage(d: InodeData, idx: number): Page {
     const hit = d.mapping.findPage(idx);
     if (hit !== undefined) return hit;
     this.nrPages++;
-    return d.mapping.findOrCreatePage(idx, this.pool.alloc(!overwrite));
+    return d.mapping.findOrCreatePage(idx, this.pool.alloc(false));
   }
 
   /** Removes a clean page that nobody writes (delete_from_page_cache). */
@@ -342,18 +342,15 @@ export class FileData {
     // Pages are made uptodate (and their buffers mapped) before the reservation check, which
     // then counts exactly the buffers that become Delay.
     const pages: Page[] = [];
-    const wholes: Page[] = [];
+    let fill: Page[] | undefined;
     for (let idx = Math.floor(pos / ps); idx * ps < end; idx++) {
-      const whole = pos <= idx * ps && end >= (idx + 1) * ps;
-      const page = this.getPage(d, idx, whole);
+      const page = this.getPage(d, idx);
       if (PG.testWriteback(page)) await page.waitOnWriteback();
-      if (!PG.testUptodate(page)) {
-        if (whole) wholes.push(page);
-        else await this.fillPages(d, [page], false);
-      }
+      if (!PG.testUptodate(page)) (fill ??= []).push(page);
       pages.push(page);
     }
-    if (wholes.length > 0) await this.fillPages(d, wholes, true);
+    // Only the blocks the write does not cover entirely are read or zeroed (__block_write_begin).
+    if (fill !== undefined) await this.fillPages(d, fill, { from: pos, to: end });
     let need = 0;
     for (const page of pages) {
       for (const bh of page.buffers) {
@@ -479,11 +476,11 @@ export class FileData {
         const page = idx <= last ? this.getPage(d, idx) : d.mapping.findPage(idx) ?? this.getPage(d, idx);
         if (!PG.testUptodate(page)) missing.push(page);
       }
-      await this.fillPages(d, missing, false);
+      await this.fillPages(d, missing);
     }
     for (let cur = pos; cur < pos + n; ) {
       const page = this.getPage(d, Math.floor(cur / ps));
-      if (!PG.testUptodate(page)) await this.fillPages(d, [page], false);
+      if (!PG.testUptodate(page)) await this.fillPages(d, [page]);
       const to = Math.min(pos + n, page.offsetBytes + ps);
       out.set(page.data.subarray(cur - page.offsetBytes, to - page.offsetBytes), cur - pos);
       cur = to;
@@ -496,9 +493,10 @@ export class FileData {
    * Makes pages uptodate (ext4_read_folio / ext4_readahead / the read half of write_begin):
    * every buffer is mapped from the extent tree (one lookup per extent), written blocks are
    * read with one device request per physically contiguous run, holes and unwritten blocks
-   * are zeros. With `whole` (the caller overwrites the pages entirely) nothing is read.
+   * are zeros. Blocks inside `covered` (a byte range of the file the caller is about to
+   * overwrite) are mapped but neither read nor zeroed.
    */
-  private async fillPages(d: InodeData, pages: readonly Page[], whole: boolean): Promise<void> {
+  private async fillPages(d: InodeData, pages: readonly Page[], covered?: { from: number; to: number }): Promise<void> {
     // A file without any extent (new, or truncated to nothing) is all holes: nothing to map.
     // Seen without the tree lock only while nobody holds it (no update half done): a new
     // file's write then takes no lock and no promise. (A bad root goes on to mapExtentPoint,
@@ -523,10 +521,15 @@ export class FileData {
         }
       });
     }
-    // The caller overwrites the pages whole: it copies the data in and sets them uptodate (not
-    // here, so a write that fails before copying leaves no page claiming data it never read).
-    if (whole) return;
+    // The caller copies its data in and sets the pages uptodate (not here, so a write that fails
+    // before copying leaves no page claiming data it never read).
     const bs = this.s.blockSize;
+    const from = covered?.from ?? 0;
+    const to = covered?.to ?? 0;
+    const isCovered = (page: Page, bh: BufferHead): boolean => {
+      const at = page.offsetBytes + bh.offsetInPage;
+      return at >= from && at + bs <= to;
+    };
     // Runs of buffers whose blocks follow each other on disk: one read each. Holes and
     // unwritten blocks read as zeros.
     const runs: BufferHead[][] = [];
@@ -534,6 +537,7 @@ export class FileData {
     for (const page of pages) {
       if (PG.testUptodate(page)) continue;
       for (const bh of page.buffers) {
+        if (isCovered(page, bh)) continue;
         if (BH.testMapped(bh) && !BH.testUnwritten(bh)) {
           const last = run[run.length - 1];
           if (last !== undefined && (last.pblk + 1 !== bh.pblk || (run.length + 1) * bs > Math.min(READAHEAD_BYTES, this.s.dev.maxRequestBytes))) {
@@ -558,8 +562,9 @@ export class FileData {
       }
     }
     for (const page of pages) {
-      for (const bh of page.buffers) BH.setUptodate(bh);
-      PG.setUptodate(page);
+      for (const bh of page.buffers) if (!isCovered(page, bh)) BH.setUptodate(bh);
+      // With a covered range the caller sets the pages uptodate once its bytes are in.
+      if (covered === undefined) PG.setUptodate(page);
     }
   }
 

@@ -35,17 +35,29 @@ export interface NewInodeSpec {
   extents: boolean;
 }
 
-/** Per-mount generation counter: deterministic, so reproducible builds stay byte-identical. */
-const generations = new WeakMap<Ext4Super, number>();
+/**
+ * Per-mount generation state: a deterministic counter (reproducible builds stay byte-identical),
+ * the CRC state after the UUID and one scratch buffer, so a new inode costs one 8-byte CRC.
+ */
+interface Generations {
+  n: number;
+  uuidCrc: number;
+  bytes: Uint8Array;
+  view: DataView;
+}
+const generations = new WeakMap<Ext4Super, Generations>();
 
 function nextGeneration(s: Ext4Super, ino: number): number {
-  const n = (generations.get(s) ?? 0) + 1;
-  generations.set(s, n);
-  const b = new Uint8Array(8);
-  const dv = new DataView(b.buffer);
-  dv.setUint32(0, ino, true);
-  dv.setUint32(4, n, true);
-  return crc32cRaw(crc32cRaw(0xffffffff, s.sb.s_uuid), b);
+  let g = generations.get(s);
+  if (g === undefined) {
+    const bytes = new Uint8Array(8);
+    g = { n: 0, uuidCrc: crc32cRaw(0xffffffff, s.sb.s_uuid), bytes, view: new DataView(bytes.buffer) };
+    generations.set(s, g);
+  }
+  g.n++;
+  g.view.setUint32(0, ino, true);
+  g.view.setUint32(4, g.n, true);
+  return crc32cRaw(g.uuidCrc, g.bytes);
 }
 
 /** Allocates and writes a new inode (link count 1; the caller links it and sets 2 for dirs). */
