@@ -562,8 +562,7 @@ class Builder {
       for (const x of e.xattrs) await fs.setxattr(e.path, x.name, x.value);
       this.bytesWritten += e.sizeBytes;
       this.progress.bytesDone += e.sizeBytes;
-      this.progress.filesDone++;
-      this.report();
+      this.fileDone();
       return;
     }
     const fh: FileHandle = create
@@ -600,6 +599,11 @@ class Builder {
     } finally {
       await fh.close();
     }
+    this.fileDone();
+  }
+
+  /** A file's content is in: counted and reported. */
+  private fileDone(): void {
     this.progress.filesDone++;
     this.report();
   }

@@ -227,13 +227,20 @@ export class AddressSpace {
     return this.tags[tag].has(index);
   }
 
+  /** Number of pages tagged dirty (no snapshot made). */
+  get nrDirtyPages(): number {
+    return this.tags.dirty.size;
+  }
+
   /**
    * Pages tagged `tag` with index ≥ `fromIndex`, in index order, at most `max` of them
    * (`filemap_get_folios_tag`). Returns a snapshot, because writeback changes the tags of the
    * pages it is handed while it walks them.
    */
   findTagged(tag: PageTag, fromIndex = 0, max = Number.POSITIVE_INFINITY): Page[] {
-    const idx = [...this.tags[tag]].filter((i) => i >= fromIndex).sort((a, b) => a - b);
+    const set = this.tags[tag];
+    // A small file's one tagged page (the common case) needs no copy, filter or sort.
+    const idx = set.size === 0 ? [] : set.size === 1 ? [...set].filter((i) => i >= fromIndex) : [...set].filter((i) => i >= fromIndex).sort((a, b) => a - b);
     const out: Page[] = [];
     for (const i of idx) {
       if (out.length >= max) break;

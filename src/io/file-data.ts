@@ -250,7 +250,7 @@ export class FileData {
       this.pool.release(page.data);
     }
     this.nrPages -= d.mapping.nrPages;
-    this.nrDirty -= d.mapping.dirtyPages().length;
+    this.nrDirty -= d.mapping.nrDirtyPages;
     assert(this.nrPages >= 0 && this.nrDirty >= 0, () => `inode ${d.info.ino}: page counts below zero`);
     this.inodes.delete(d.info.ino);
     this.dirtyInodes.delete(d);
@@ -415,7 +415,7 @@ export class FileData {
       // every cached inode per write made writing many small files quadratic.
       for (const d of this.dirtyInodes) {
         if (this.nrDirty <= limitPages / 4) break;
-        if (d.mapping.dirtyPages(0, 1).length > 0) {
+        if (d.mapping.nrDirtyPages > 0) {
           try {
             await this.writepagesOf(d);
           } catch (e) {
@@ -423,7 +423,7 @@ export class FileData {
             if (!(e instanceof PosixError && e.code === 'ENOMEM')) throw e;
           }
         }
-        if (d.mapping.dirtyPages(0, 1).length === 0) this.dirtyInodes.delete(d);
+        if (d.mapping.nrDirtyPages === 0) this.dirtyInodes.delete(d);
       }
     }
     while (this.overDirtyLimit(limitPages)) {
@@ -866,7 +866,7 @@ export class FileData {
       await this.writepagesOf(d);
       await d.io.waitIdle();
       for (const p of d.mapping.findTagged('writeback')) await p.waitOnWriteback();
-      if (d.mapping.dirtyPages(0, 1).length === 0) break;
+      if (d.mapping.nrDirtyPages === 0) break;
     }
     assert(d.io.isIdle(), () => `inode ${info.ino}: io_ends alive after waitIdle`);
     if (d.info.size !== d.sizeBytes) setInodeSizeBytes(d.info.view, d.sizeBytes);
@@ -910,7 +910,7 @@ export class FileData {
 
   /** Inodes with dirty pages or live io_ends. */
   busyInodes(): number[] {
-    return [...this.inodes.values()].filter((d) => !d.io.isIdle() || d.mapping.dirtyPages().length > 0).map((d) => d.info.ino);
+    return [...this.inodes.values()].filter((d) => !d.io.isIdle() || d.mapping.nrDirtyPages > 0).map((d) => d.info.ino);
   }
 
   /**
@@ -919,7 +919,7 @@ export class FileData {
    */
   dropCaches(): void {
     for (const d of this.inodes.values()) {
-      assert(d.io.isIdle() && d.mapping.dirtyPages().length === 0 && d.delayed === 0, () =>
+      assert(d.io.isIdle() && d.mapping.nrDirtyPages === 0 && d.delayed === 0, () =>
         `inode ${d.info.ino}: dropCaches with dirty data or I/O in flight`);
     }
     for (const d of [...this.inodes.values()]) {

@@ -505,6 +505,9 @@ export class ExtentTree {
     // Sets the count and zeroes slots left past the end, as the general path's removal does.
     root.shiftTail(root.entries, xs.length);
     for (const [i, x] of xs.entries()) root.setLeaf(i, x);
+    // Validated (and recorded as seen) here, where a bad edit would be made, rather than by the
+    // next operation that trusts the root.
+    this.checkRoot();
     return writeInode(this.s, this.inode);
   }
 
