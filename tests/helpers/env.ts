@@ -27,14 +27,15 @@ export function requireCommands(pkg: string, ...cmds: string[]): void {
 }
 
 /**
- * Skips a test this machine cannot run (not root, no loop device, a host filesystem that takes
- * no user xattrs or no sparse file that large, another mke2fs version), and says why three
- * times: on stderr (which the runner passes through as is, so CI's log shows it whatever the
- * reporter), in the test's diagnostics and in the skip directive. No skip goes unexplained; none
- * happens on a machine with root and loop devices.
+ * The one way a test skips: only where this machine cannot run it (not root, no loop device, a
+ * host filesystem that takes no user xattrs or no sparse file that large, another mke2fs
+ * version) or where the person running it asked for a replay of chosen seeds. It prints why
+ * (console.error, which the runner passes through as is, so CI's log shows it whatever the
+ * reporter), and records it in the test's diagnostics and skip directive. No skip goes
+ * unexplained; none happens on a machine with root and loop devices run without replay knobs.
  */
 export function skipBecause(t: TestContext, reason: string): void {
-  process.stderr.write(`ext4ts test skipped: "${t.name}": ${reason}\n`);
+  console.error(`ext4ts test skipped: "${t.name}": ${reason}`);
   t.diagnostic(`skipped: ${reason}`);
   t.skip(reason);
 }

@@ -13,14 +13,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { KNOWN_BUGS, formatFailure, runDataSeed, type DataSeedResult } from '../sim/data-sim.js';
-import { envInt } from '../helpers/env.js';
+import { envInt, skipBecause } from '../helpers/env.js';
 
 const SEEDS = envInt('DATA_SIM_SEEDS', 200);
 const FIRST = envInt('DATA_SIM_FIRST', 1);
 const OPS = envInt('DATA_SIM_OPS', 60);
 /** A seed range given on the command line (a replay): only those seeds run, not the canaries. */
 const REPLAY = process.env['DATA_SIM_FIRST'] !== undefined || process.env['DATA_SIM_SEEDS'] !== undefined;
-const EXTRA = { skip: REPLAY ? 'a seed range was given (DATA_SIM_SEEDS / DATA_SIM_FIRST)' : false };
+const REPLAY_REASON = 'a seed range was given (DATA_SIM_SEEDS / DATA_SIM_FIRST)';
 /** Seeds per test: small enough that a failing batch names few seeds, large enough to keep the report short. */
 const BATCH = 40;
 
@@ -37,7 +37,8 @@ for (let start = FIRST; start < FIRST + SEEDS; start += BATCH) {
   });
 }
 
-test('data-sim: the checker is not vacuous — seeds exercise EIO, FAILED io_ends, ENOMEM and conversions', EXTRA, async () => {
+test('data-sim: the checker is not vacuous — seeds exercise EIO, FAILED io_ends, ENOMEM and conversions', async (t) => {
+  if (REPLAY) return skipBecause(t, REPLAY_REASON);
   // Over the first seeds, every fault kind the checker models must actually occur.
   let eio = 0;
   let failedIoEnds = 0;
@@ -56,7 +57,8 @@ test('data-sim: the checker is not vacuous — seeds exercise EIO, FAILED io_end
   assert.ok(conversions > 0, 'some unwritten range was converted');
 });
 
-test('data-sim canary: converting FAILED io_ends (S12, the pre-2025 kernel) is caught by the data checks', EXTRA, async () => {
+test('data-sim canary: converting FAILED io_ends (S12, the pre-2025 kernel) is caught by the data checks', async (t) => {
+  if (REPLAY) return skipBecause(t, REPLAY_REASON);
   let caught = 0;
   for (let seed = 1; seed <= 40; seed++) {
     const clean = await runDataSeed(seed, { ops: 40, e2fsck: false });
@@ -70,7 +72,8 @@ test('data-sim canary: converting FAILED io_ends (S12, the pre-2025 kernel) is c
   assert.ok(caught > 0, 'a conversion of a FAILED io_end exposed wrong bytes in at least one seed');
 });
 
-test('data-sim canary: a bio that fails without the model knowing is caught (fsync EIO or data)', EXTRA, async () => {
+test('data-sim canary: a bio that fails without the model knowing is caught (fsync EIO or data)', async (t) => {
+  if (REPLAY) return skipBecause(t, REPLAY_REASON);
   let seeds = 0;
   for (let seed = 1; seed <= 30; seed++) {
     const clean = await runDataSeed(seed, { ops: 40, e2fsck: false });
@@ -82,7 +85,8 @@ test('data-sim canary: a bio that fails without the model knowing is caught (fsy
   assert.ok(seeds > 0, 'some seed injected EIO');
 });
 
-test('data-sim canary: a dirty page silently cleaned (a lost write, no error) is caught by the cache/disk coherence check', EXTRA, async () => {
+test('data-sim canary: a dirty page silently cleaned (a lost write, no error) is caught by the cache/disk coherence check', async (t) => {
+  if (REPLAY) return skipBecause(t, REPLAY_REASON);
   let caught = 0;
   for (let seed = 1; seed <= 30; seed++) {
     const r = await runDataSeed(seed, { ops: 40, e2fsck: false, canary: 'loseDirty' });
