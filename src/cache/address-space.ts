@@ -238,9 +238,9 @@ export class AddressSpace {
    * pages it is handed while it walks them.
    */
   findTagged(tag: PageTag, fromIndex = 0, max = Number.POSITIVE_INFINITY): Page[] {
-    const set = this.tags[tag];
-    // A small file's one tagged page (the common case) needs no copy, filter or sort.
-    const idx = set.size === 0 ? [] : set.size === 1 ? [...set].filter((i) => i >= fromIndex) : [...set].filter((i) => i >= fromIndex).sort((a, b) => a - b);
+    const idx = [...this.tags[tag]].filter((i) => i >= fromIndex);
+    // A small file has one tagged page: nothing to sort.
+    if (idx.length > 1) idx.sort((a, b) => a - b);
     const out: Page[] = [];
     for (const i of idx) {
       if (out.length >= max) break;

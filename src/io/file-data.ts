@@ -225,7 +225,7 @@ export class FileData {
     const hit = d.mapping.findPage(idx);
     if (hit !== undefined) return hit;
     this.nrPages++;
-    return d.mapping.findOrCreatePage(idx, this.pool.alloc(false));
+    return d.mapping.findOrCreatePage(idx, this.pool.alloc());
   }
 
   /** Removes a clean page that nobody writes (delete_from_page_cache). */
@@ -521,8 +521,6 @@ export class FileData {
         }
       });
     }
-    // The caller copies its data in and sets the pages uptodate (not here, so a write that fails
-    // before copying leaves no page claiming data it never read).
     const bs = this.s.blockSize;
     const from = covered?.from ?? 0;
     const to = covered?.to ?? 0;
@@ -563,7 +561,8 @@ export class FileData {
     }
     for (const page of pages) {
       for (const bh of page.buffers) if (!isCovered(page, bh)) BH.setUptodate(bh);
-      // With a covered range the caller sets the pages uptodate once its bytes are in.
+      // With a covered range the caller sets the pages uptodate once its bytes are in (not here,
+      // so a write that fails before copying leaves no page claiming data it never read).
       if (covered === undefined) PG.setUptodate(page);
     }
   }

@@ -152,7 +152,7 @@ for (const [vi, v] of VARIANTS.entries()) {
 }
 
 /**
- * Page memory is recycled without being cleared (PagePool.alloc(false)): the bytes of a new page
+ * Page memory is recycled without being cleared (PagePool.alloc): the bytes of a new page
  * that a write does not cover must come from disk or be zeros, never from the page's last owner.
  * A 1 MiB file of 0xEE runs through a cache of 32 pages first, so every later page is one of its
  * pages; then small writes at unaligned offsets (inside a block, across blocks and pages, past
